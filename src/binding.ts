@@ -1,0 +1,66 @@
+/**
+ * The raw native binding: its internal type and its loader. Only splice-engine.ts uses it;
+ * nothing here is part of the public API.
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** One native proxy: an engine with its own epoll threads. */
+export interface NativeProxy {
+  /**
+   * Binds and listens synchronously (throws an Error with `code`, `errno` and `syscall` on
+   * failure), then hands the socket to the engine threads; `onComplete(requestId, 0)` follows
+   * once every thread serves it.
+   */
+  addTcp(
+    requestId: number,
+    listenHost: string,
+    listenPort: number,
+    targetHost: string,
+    targetPort: number,
+    backlog: number,
+    connectTimeoutMs: number,
+    ipv6Only: boolean,
+  ): { id: number; port: number };
+  /** Stops a mapping; `onComplete(requestId, 0)` follows once its sockets are all closed. */
+  remove(requestId: number, mappingId: number): void;
+  /** Stops every thread; resolves once they have been joined and every fd is closed. */
+  close(): Promise<void>;
+  /** Counters of every live mapping, `statsFields.length` values a mapping. */
+  stats(): BigUint64Array;
+  ref(): void;
+  unref(): void;
+}
+
+export interface NativeBinding {
+  NativeProxy: new (threads: number, onComplete: (requestId: number, errno: number) => void) => NativeProxy;
+  /** The names of the values of one mapping's row in `stats()`, in order. */
+  statsFields: readonly string[];
+}
+
+const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+let cached: NativeBinding | Error | undefined;
+
+/** Loads the addon once; throws an error that says where it looked and how to rebuild. */
+export function loadBinding(): NativeBinding {
+  if (cached === undefined) {
+    try {
+      const require = createRequire(import.meta.url);
+      const load = require('node-gyp-build') as (dir: string) => NativeBinding;
+      cached = load(packageRoot);
+    } catch (cause) {
+      const tried = ['build/Release', 'build/Debug', `prebuilds/${process.platform}-${process.arch}`]
+        .map((p) => path.join(packageRoot, p))
+        .join(', ');
+      cached = new Error(
+        `portsplice: cannot load the native addon (looked in ${tried}): ${(cause as Error).message}. ` +
+          `Rebuild it with "npm rebuild portsplice" (needs python3, make and a C++ compiler), ` +
+          `or use createProxy({ engine: 'stream' }).`,
+        { cause },
+      );
+    }
+  }
+  if (cached instanceof Error) throw cached;
+  return cached;
+}

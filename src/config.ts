@@ -1,0 +1,172 @@
+/**
+ * Validation and normalisation of user options. Every check names the field it rejects,
+ * and nothing here has side effects, so a rejected call leaves nothing half-started.
+ */
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import type { EngineName, Proto } from './types.js';
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
+export const DEFAULT_BACKLOG = 4096;
+export const MAX_THREADS = 64;
+
+const ENGINES: readonly EngineName[] = ['splice', 'stream'];
+const PROTOS: readonly Proto[] = ['tcp'];
+
+/** Options after validation, with every default filled in and every host an address literal. */
+export interface ResolvedMapping {
+  proto: Proto;
+  listen: { host: string; port: number };
+  target: { host: string; port: number };
+  connectTimeoutMs: number;
+  backlog: number;
+  ipv6Only: boolean;
+}
+
+export interface ResolvedProxyOptions {
+  engine: EngineName;
+  threads: number;
+}
+
+type ErrorCode = 'ERR_INVALID_ARG_TYPE' | 'ERR_INVALID_ARG_VALUE' | 'ERR_OUT_OF_RANGE';
+
+function fail(Kind: ErrorConstructor, code: ErrorCode, message: string): never {
+  const error = new Kind(message) as Error & { code: ErrorCode };
+  error.code = code;
+  throw error;
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === null || typeof value !== 'object') return String(value);
+  return Array.isArray(value) ? 'an array' : 'an object';
+}
+
+function checkObject(value: unknown, field: string): Record<string, unknown> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${field} must be an object, got ${describe(value)}`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function checkKeys(value: Record<string, unknown>, field: string, allowed: readonly string[]): void {
+  for (const key of Object.keys(value)) {
+    if (!allowed.includes(key)) {
+      fail(
+        TypeError,
+        'ERR_INVALID_ARG_VALUE',
+        `${field}.${key} is not a known option (expected one of: ${allowed.join(', ')})`,
+      );
+    }
+  }
+}
+
+function checkInteger(value: unknown, field: string, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isFinite(value)) {
+    fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${field} must be a number, got ${describe(value)}`);
+  }
+  if (!Number.isInteger(value) || value < min || value > max) {
+    fail(
+      RangeError,
+      'ERR_OUT_OF_RANGE',
+      `${field} must be an integer from ${min} to ${max}, got ${describe(value)}`,
+    );
+  }
+  return value;
+}
+
+function checkChoice<T extends string>(value: unknown, field: string, choices: readonly T[]): T {
+  if (typeof value !== 'string' || !choices.includes(value as T)) {
+    fail(
+      TypeError,
+      'ERR_INVALID_ARG_VALUE',
+      `${field} must be one of ${choices.map((c) => `'${c}'`).join(', ')}, got ${describe(value)}`,
+    );
+  }
+  return value as T;
+}
+
+const HOST_NAME = /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$/;
+
+/** Checks a host: an IP literal, or a syntactically valid DNS name (resolved later). */
+function checkHost(value: unknown, field: string): string {
+  if (typeof value !== 'string') {
+    fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${field} must be a string, got ${describe(value)}`);
+  }
+  if (isIP(value) !== 0) return value;
+  // A name made only of digits and dots is a malformed IPv4 address, not a host name.
+  if (/^[\d.]+$/.test(value) || !HOST_NAME.test(value)) {
+    fail(
+      TypeError,
+      'ERR_INVALID_ARG_VALUE',
+      `${field} must be an IPv4 or IPv6 address or a host name, got ${describe(value)}`,
+    );
+  }
+  return value;
+}
+
+export function validateProxyOptions(options: unknown, defaultEngine: EngineName): ResolvedProxyOptions {
+  if (options === undefined) return { engine: defaultEngine, threads: 1 };
+  const o = checkObject(options, 'options');
+  checkKeys(o, 'options', ['engine', 'threads']);
+  return {
+    engine: o.engine === undefined ? defaultEngine : checkChoice(o.engine, 'engine', ENGINES),
+    threads: o.threads === undefined ? 1 : checkInteger(o.threads, 'threads', 1, MAX_THREADS),
+  };
+}
+
+/** Synchronous checks of a mapping's options; host names are resolved by `resolveMapping`. */
+export function validateMapping(options: unknown): ResolvedMapping {
+  const o = checkObject(options, 'mapping');
+  checkKeys(o, 'mapping', ['proto', 'listen', 'target', 'connectTimeoutMs', 'backlog', 'ipv6Only']);
+  const proto = checkChoice(o.proto, 'proto', PROTOS);
+  if (o.listen === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'listen is required');
+  const listen = checkObject(o.listen, 'listen');
+  checkKeys(listen, 'listen', ['host', 'port']);
+  if (o.target === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'target is required');
+  const target = checkObject(o.target, 'target');
+  checkKeys(target, 'target', ['host', 'port']);
+  if (o.ipv6Only !== undefined && typeof o.ipv6Only !== 'boolean') {
+    fail(TypeError, 'ERR_INVALID_ARG_TYPE', `ipv6Only must be a boolean, got ${describe(o.ipv6Only)}`);
+  }
+  if (target.host === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'target.host is required');
+  return {
+    proto,
+    listen: {
+      host: listen.host === undefined ? '0.0.0.0' : checkHost(listen.host, 'listen.host'),
+      port: checkInteger(listen.port, 'listen.port', 0, 65535),
+    },
+    target: {
+      host: checkHost(target.host, 'target.host'),
+      port: checkInteger(target.port, 'target.port', 1, 65535),
+    },
+    connectTimeoutMs:
+      o.connectTimeoutMs === undefined
+        ? DEFAULT_CONNECT_TIMEOUT_MS
+        : checkInteger(o.connectTimeoutMs, 'connectTimeoutMs', 1, 2 ** 31 - 1),
+    backlog: o.backlog === undefined ? DEFAULT_BACKLOG : checkInteger(o.backlog, 'backlog', 1, 65535),
+    ipv6Only: o.ipv6Only === true,
+  };
+}
+
+async function resolveHost(host: string, field: string): Promise<string> {
+  if (isIP(host) !== 0) return host;
+  try {
+    return (await lookup(host)).address;
+  } catch (cause) {
+    const error = new Error(`${field}: cannot resolve ${describe(host)}: ${(cause as Error).message}`, {
+      cause,
+    }) as Error & { code?: string };
+    error.code = (cause as { code?: string }).code;
+    throw error;
+  }
+}
+
+/** Validates a mapping and resolves its host names once, to address literals. */
+export async function resolveMapping(options: unknown): Promise<ResolvedMapping> {
+  const mapping = validateMapping(options);
+  mapping.listen.host = await resolveHost(mapping.listen.host, 'listen.host');
+  mapping.target.host = await resolveHost(mapping.target.host, 'target.host');
+  return mapping;
+}

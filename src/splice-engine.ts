@@ -1,0 +1,94 @@
+/**
+ * The splice engine: a thin adapter over the native addon. JavaScript sends commands and
+ * reads counter snapshots; the bytes never cross into JavaScript.
+ */
+import type { Backend, RawCounters } from './backend.js';
+import { loadBinding, type NativeProxy } from './binding.js';
+import type { ResolvedMapping } from './config.js';
+
+/** The error a native call throws: a Node-style system error. */
+type SystemError = Error & { code?: string; errno?: number; syscall?: string };
+
+export class SpliceBackend implements Backend {
+  #native: NativeProxy;
+  #fields: readonly string[];
+  #pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  #nextRequest = 1;
+
+  constructor(threads: number) {
+    const binding = loadBinding();
+    this.#fields = binding.statsFields;
+    this.#native = new binding.NativeProxy(threads, (requestId, errno) => this.#complete(requestId, errno));
+  }
+
+  #complete(requestId: number, errno: number): void {
+    const request = this.#pending.get(requestId);
+    if (!request) return;
+    this.#pending.delete(requestId);
+    if (errno === 0) request.resolve();
+    else request.reject(Object.assign(new Error(`portsplice engine error ${errno}`), { errno }));
+  }
+
+  #request(send: (requestId: number) => void): Promise<void> {
+    const requestId = this.#nextRequest++;
+    return new Promise<void>((resolve, reject) => {
+      this.#pending.set(requestId, { resolve, reject });
+      try {
+        send(requestId);
+      } catch (error) {
+        this.#pending.delete(requestId);
+        reject(error as SystemError);
+      }
+    });
+  }
+
+  async add(spec: ResolvedMapping): Promise<{ id: number; port: number }> {
+    let result = { id: 0, port: 0 };
+    await this.#request((requestId) => {
+      result = this.#native.addTcp(
+        requestId,
+        spec.listen.host,
+        spec.listen.port,
+        spec.target.host,
+        spec.target.port,
+        spec.backlog,
+        spec.connectTimeoutMs,
+        spec.ipv6Only,
+      );
+    });
+    return result;
+  }
+
+  remove(id: number): Promise<void> {
+    return this.#request((requestId) => this.#native.remove(requestId, id));
+  }
+
+  close(): Promise<void> {
+    return this.#native.close();
+  }
+
+  counters(): Map<number, RawCounters> {
+    const raw = this.#native.stats();
+    const width = this.#fields.length;
+    const snapshot = new Map<number, RawCounters>();
+    for (let row = 0; row + width <= raw.length; row += width) {
+      const values: Record<string, bigint> = {};
+      for (let i = 0; i < width; i++) values[this.#fields[i]!] = raw[row + i]!;
+      snapshot.set(Number(values.id), {
+        accepted: Number(values.accepted),
+        active: Number(values.active),
+        failed: Number(values.failed),
+        toTarget: values.toTarget!,
+        toClient: values.toClient!,
+        spliced: values.spliced!,
+        copied: values.copied!,
+      });
+    }
+    return snapshot;
+  }
+
+  setRef(ref: boolean): void {
+    if (ref) this.#native.ref();
+    else this.#native.unref();
+  }
+}

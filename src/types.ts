@@ -1,0 +1,113 @@
+/**
+ * Public types of portsplice. Everything a user of the library sees is declared here,
+ * so that this file reads as the API reference.
+ */
+
+/** Which data path moves the bytes. */
+export type EngineName = 'splice' | 'stream';
+
+/** Transport protocol of a mapping. */
+export type Proto = 'tcp';
+
+export interface ProxyOptions {
+  /**
+   * `'splice'` (the default on Linux): native epoll threads move the bytes with splice(2).
+   * `'stream'`: a pure Node implementation (net sockets piped both ways), the fallback on
+   * platforms without splice and the baseline the benchmarks compare against.
+   */
+  engine?: EngineName;
+  /** Number of native event-loop threads for the splice engine (1 to 64, default 1). */
+  threads?: number;
+}
+
+export interface Endpoint {
+  /** An IPv4 or IPv6 address literal, or a name resolved once when the mapping is added. */
+  host: string;
+  /** A TCP or UDP port, 0 to 65535 (0 on a listen address picks a free port). */
+  port: number;
+}
+
+export interface MappingOptions {
+  proto: Proto;
+  /** Where the proxy listens. `host` defaults to `0.0.0.0`, like docker-proxy's `-host-ip`. */
+  listen: { host?: string; port: number };
+  /** Where accepted connections are forwarded to. Port 0 is not allowed here. */
+  target: Endpoint;
+  /** Give up connecting to the target after this many milliseconds (default 30000). */
+  connectTimeoutMs?: number;
+  /** Listen backlog (default 4096, clamped by the kernel to net.core.somaxconn). */
+  backlog?: number;
+  /** For an IPv6 listen address: refuse IPv4-mapped connections (default false, as in `net`). */
+  ipv6Only?: boolean;
+}
+
+/** A mapping that is listening. Pass it (or its id) to `proxy.remove()`. */
+export interface Mapping {
+  readonly id: number;
+  readonly proto: Proto;
+  /** The address actually bound: `port` is the real port when 0 was asked for. */
+  readonly listen: Readonly<Endpoint>;
+  /** The target as resolved when the mapping was added. */
+  readonly target: Readonly<Endpoint>;
+}
+
+export interface ConnectionCounters {
+  /** Client connections accepted since the mapping was added. */
+  accepted: number;
+  /** Connections open now (accepted and not yet closed). */
+  active: number;
+  /** Connections whose target could not be reached (refused, unreachable, timed out). */
+  failed: number;
+}
+
+/**
+ * Byte counters. They are bigints because a long-lived mapping can move more than
+ * 2^53 bytes. `spliced + copied === toTarget + toClient` at every snapshot boundary where no
+ * transfer is in flight.
+ */
+export interface ByteCounters {
+  /** Bytes written to the target. */
+  toTarget: bigint;
+  /** Bytes written to the client. */
+  toClient: bigint;
+  /** Of those, bytes moved by splice(2) through a pipe (payload never entered user space). */
+  spliced: bigint;
+  /** Of those, bytes copied through a user-space buffer (stream engine, or splice fallback). */
+  copied: bigint;
+}
+
+export interface MappingStats {
+  id: number;
+  proto: Proto;
+  listen: Endpoint;
+  target: Endpoint;
+  connections: ConnectionCounters;
+  bytes: ByteCounters;
+}
+
+export interface ProxyStats {
+  engine: EngineName;
+  mappings: MappingStats[];
+}
+
+export interface Proxy {
+  /** The engine this proxy runs on. */
+  readonly engine: EngineName;
+  /** True once `close()` has been called. */
+  readonly closed: boolean;
+  /**
+   * Start listening. Rejects with a `TypeError`/`RangeError` naming the field for bad options,
+   * and with an error whose `code` is `EADDRINUSE` (or another errno name) when binding fails.
+   */
+  add(options: MappingOptions): Promise<Mapping>;
+  /** Stop listening and close (reset) every open connection of that mapping. */
+  remove(mapping: Mapping | number): Promise<void>;
+  /** Stop everything. Resolves when every thread has exited and every socket is closed. */
+  close(): Promise<void>;
+  /** A synchronous snapshot of the counters; reading it never stops the data path. */
+  stats(): ProxyStats;
+  /** Keep the process alive while mappings exist (the default), like `net.Server.ref()`. */
+  ref(): this;
+  /** Let the process exit even though mappings exist, like `net.Server.unref()`. */
+  unref(): this;
+}
