@@ -1,0 +1,37 @@
+{
+  "variables": {
+    "core_sources": [
+      "native/core/ps_addr.cc",
+      "native/core/ps_engine.cc",
+      "native/core/ps_error.cc",
+      "native/core/ps_loop.cc",
+      "native/core/ps_mapping.cc",
+      "native/core/ps_store.cc",
+      "native/core/ps_tcp_session.cc",
+      "native/core/ps_worker.cc"
+    ]
+  },
+  "targets": [
+    {
+      "target_name": "portsplice",
+      "sources": [
+        "<@(core_sources)",
+        "native/addon/addon.cc",
+        "native/addon/native_proxy.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_DISABLE_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED"
+      ],
+      "cflags!": ["-O2", "-O3", "-Os"],
+      "cflags_cc!": ["-std=gnu++17", "-std=c++17", "-std=gnu++20"],
+      "cflags": ["-O3", "-fvisibility=hidden", "-Wall", "-Wextra"],
+      "cflags_cc": ["-std=c++17", "-fvisibility-inlines-hidden"],
+      "conditions": [
+        ["OS!='linux'", { "type": "none" }]
+      ]
+    }
+  ]
+}

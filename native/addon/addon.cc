@@ -1,0 +1,23 @@
+// The module entry point. Everything is per environment (no static JavaScript handles),
+// so the addon loads in worker threads as well as on the main thread.
+#include <napi.h>
+
+#include "../core/ps_counters.h"
+#include "native_proxy.h"
+
+namespace portsplice {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("NativeProxy", NativeProxy::Define(env));
+  Napi::Array fields = Napi::Array::New(env, ps::kStatsFieldCount);
+  for (uint32_t i = 0; i < ps::kStatsFieldCount; i++) fields.Set(i, Napi::String::New(env, ps::kStatsFieldNames[i]));
+  fields.Freeze();
+  exports.Set("statsFields", fields);
+  return exports;
+}
+
+}  // namespace portsplice
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return portsplice::Init(env, exports); }
+
+NODE_API_MODULE(portsplice, InitModule)

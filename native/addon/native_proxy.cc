@@ -1,0 +1,233 @@
+#include "native_proxy.h"
+
+#include <string>
+#include <vector>
+
+#include "../core/ps_addr.h"
+#include "../core/ps_error.h"
+
+namespace portsplice {
+
+namespace {
+
+// The request id of the engine's own stop; JavaScript request ids start at 1.
+constexpr uint64_t kCloseRequest = UINT64_MAX;
+
+// A Node-style system error: message "bind EADDRINUSE: Address already in use
+// 127.0.0.1:80", and code, errno, syscall, address and port properties.
+Napi::Error SystemError(Napi::Env env, const ps::Error& error, const std::string& host, int port) {
+  std::string message = std::string(error.syscall) + " " + ps::errno_name(error.code) + ": " +
+                        ps::errno_text(error.code);
+  if (!host.empty()) message += " " + host + ":" + std::to_string(port);
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Set("code", Napi::String::New(env, ps::errno_name(error.code)));
+  e.Set("errno", Napi::Number::New(env, error.code));
+  e.Set("syscall", Napi::String::New(env, error.syscall));
+  if (!host.empty()) {
+    e.Set("address", Napi::String::New(env, host));
+    e.Set("port", Napi::Number::New(env, port));
+  }
+  return e;
+}
+
+bool ThrowTypeError(Napi::Env env, const char* message) {
+  Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
+  return false;
+}
+
+}  // namespace
+
+Napi::Function NativeProxy::Define(Napi::Env env) {
+  return DefineClass(env, "NativeProxy",
+                     {
+                         InstanceMethod<&NativeProxy::AddTcp>("addTcp"),
+                         InstanceMethod<&NativeProxy::Remove>("remove"),
+                         InstanceMethod<&NativeProxy::Close>("close"),
+                         InstanceMethod<&NativeProxy::Stats>("stats"),
+                         InstanceMethod<&NativeProxy::Ref>("ref"),
+                         InstanceMethod<&NativeProxy::Unref>("unref"),
+                     });
+}
+
+NativeProxy::NativeProxy(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeProxy>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction()) {
+    ThrowTypeError(env, "NativeProxy(threads, onComplete, pipeSize?, maxPipes?)");
+    return;
+  }
+  ps::EngineOptions options;
+  options.threads = info[0].As<Napi::Number>().Int32Value();
+  if (info.Length() > 2 && info[2].IsNumber()) options.pipe_size = info[2].As<Napi::Number>().Uint32Value();
+  if (info.Length() > 3 && info[3].IsNumber()) options.max_pipes = info[3].As<Napi::Number>().Uint32Value();
+
+  completions_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "portsplice completions", 0, 1);
+  // Workers post completions from their threads; the queue is unbounded, so a worker
+  // never blocks on JavaScript.
+  Napi::ThreadSafeFunction tsfn = completions_;
+  int rc = engine_.start(options, [tsfn, this](uint64_t request, int result) mutable {
+    auto* completion = new Completion{request, result};
+    auto deliver = [this](Napi::Env env, Napi::Function callback, Completion* c) {
+      DeliverCompletion(env, callback, this, c);
+    };
+    if (tsfn.NonBlockingCall(completion, deliver) != napi_ok) delete completion;
+  });
+  if (rc < 0) {
+    completions_.Release();
+    completions_released_ = true;
+    SystemError(env, {rc, "pthread_create"}, "", 0).ThrowAsJavaScriptException();
+    return;
+  }
+  napi_add_env_cleanup_hook(env, &NativeProxy::OnEnvironmentCleanup, this);
+  cleanup_hook_registered_ = true;
+}
+
+NativeProxy::~NativeProxy() {
+  ShutdownNow();
+  if (cleanup_hook_registered_) {
+    napi_remove_env_cleanup_hook(Env(), &NativeProxy::OnEnvironmentCleanup, this);
+    cleanup_hook_registered_ = false;
+  }
+}
+
+void NativeProxy::OnEnvironmentCleanup(void* self) {
+  auto* proxy = static_cast<NativeProxy*>(self);
+  proxy->cleanup_hook_registered_ = false;
+  proxy->ShutdownNow();
+}
+
+void NativeProxy::ShutdownNow() {
+  // Threads exit after closing their sockets; joining them takes no longer than one
+  // pass of their loops.
+  engine_.stop(0);
+  engine_.join();
+  if (!completions_released_) {
+    completions_released_ = true;
+    completions_.Release();
+  }
+}
+
+void NativeProxy::DeliverCompletion(Napi::Env env, Napi::Function callback, NativeProxy* self,
+                                    Completion* completion) {
+  std::unique_ptr<Completion> owned(completion);
+  if (env == nullptr) return;  // The environment is being torn down.
+  if (completion->request == kCloseRequest) {
+    self->FinishClose(env);
+    return;
+  }
+  if (completion->request == 0) return;
+  callback.Call({Napi::Number::New(env, static_cast<double>(completion->request)),
+                 Napi::Number::New(env, completion->result)});
+}
+
+void NativeProxy::FinishClose(Napi::Env env) {
+  engine_.join();
+  if (!completions_released_) {
+    completions_released_ = true;
+    completions_.Release();
+  }
+  if (cleanup_hook_registered_) {
+    napi_remove_env_cleanup_hook(env, &NativeProxy::OnEnvironmentCleanup, this);
+    cleanup_hook_registered_ = false;
+  }
+  if (close_deferred_) {
+    close_deferred_->Resolve(env.Undefined());
+    close_deferred_.reset();
+  }
+}
+
+Napi::Value NativeProxy::AddTcp(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 8 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() ||
+      !info[3].IsString() || !info[4].IsNumber() || !info[5].IsNumber() || !info[6].IsNumber() ||
+      !info[7].IsBoolean()) {
+    ThrowTypeError(env,
+                   "addTcp(requestId, listenHost, listenPort, targetHost, targetPort, backlog, "
+                   "connectTimeoutMs, ipv6Only)");
+    return env.Undefined();
+  }
+  uint64_t request = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+  std::string listen_host = info[1].As<Napi::String>().Utf8Value();
+  int listen_port = info[2].As<Napi::Number>().Int32Value();
+  std::string target_host = info[3].As<Napi::String>().Utf8Value();
+  int target_port = info[4].As<Napi::Number>().Int32Value();
+
+  ps::TcpMappingConfig config;
+  config.backlog = info[5].As<Napi::Number>().Int32Value();
+  config.connect_timeout_ms = info[6].As<Napi::Number>().Int32Value();
+  config.ipv6_only = info[7].As<Napi::Boolean>().Value();
+  if (listen_port < 0 || listen_port > 65535 || target_port < 1 || target_port > 65535) {
+    Napi::RangeError::New(env, "port out of range").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (ps::parse_address(listen_host.c_str(), static_cast<uint16_t>(listen_port), &config.listen) < 0) {
+    SystemError(env, {-EINVAL, "listen"}, listen_host, listen_port).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (ps::parse_address(target_host.c_str(), static_cast<uint16_t>(target_port), &config.target) < 0) {
+    SystemError(env, {-EINVAL, "connect"}, target_host, target_port).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+
+  uint32_t id = 0;
+  uint16_t port = 0;
+  ps::Error error = engine_.add_tcp(config, request, &id, &port);
+  if (error.code < 0) {
+    SystemError(env, error, listen_host, listen_port).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("id", Napi::Number::New(env, id));
+  result.Set("port", Napi::Number::New(env, port));
+  return result;
+}
+
+Napi::Value NativeProxy::Remove(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
+    ThrowTypeError(env, "remove(requestId, mappingId)");
+    return env.Undefined();
+  }
+  uint64_t request = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+  uint32_t id = info[1].As<Napi::Number>().Uint32Value();
+  int rc = engine_.remove(id, request);
+  if (rc < 0) SystemError(env, {rc, "remove"}, "", 0).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+Napi::Value NativeProxy::Close(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (close_deferred_) return close_deferred_->Promise();
+  auto deferred = std::make_unique<Napi::Promise::Deferred>(env);
+  Napi::Promise promise = deferred->Promise();
+  if (engine_.stop(kCloseRequest) < 0) {
+    // Already stopped: nothing is left to close.
+    FinishClose(env);
+    deferred->Resolve(env.Undefined());
+    return promise;
+  }
+  // Hold the event loop open until the threads have exited, even if unref'd.
+  completions_.Ref(env);
+  close_deferred_ = std::move(deferred);
+  return promise;
+}
+
+Napi::Value NativeProxy::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<uint64_t> rows;
+  engine_.snapshot(&rows);
+  auto array = Napi::BigUint64Array::New(env, rows.size());
+  for (size_t i = 0; i < rows.size(); i++) array[i] = rows[i];
+  return array;
+}
+
+Napi::Value NativeProxy::Ref(const Napi::CallbackInfo& info) {
+  if (!completions_released_) completions_.Ref(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value NativeProxy::Unref(const Napi::CallbackInfo& info) {
+  if (!completions_released_) completions_.Unref(info.Env());
+  return info.Env().Undefined();
+}
+
+}  // namespace portsplice

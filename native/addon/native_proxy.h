@@ -1,0 +1,53 @@
+// NativeProxy: the JavaScript face of one ps::Engine. A mechanical adapter: it converts
+// arguments, forwards commands, turns negative errnos into Node-style errors, and
+// delivers completions on the JavaScript thread through a ThreadSafeFunction.
+#ifndef PORTSPLICE_NATIVE_PROXY_H_
+#define PORTSPLICE_NATIVE_PROXY_H_
+
+#include <napi.h>
+
+#include <memory>
+
+#include "../core/ps_engine.h"
+
+namespace portsplice {
+
+class NativeProxy : public Napi::ObjectWrap<NativeProxy> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+
+  // new NativeProxy(threads, onComplete, pipeSize?, maxPipes?)
+  explicit NativeProxy(const Napi::CallbackInfo& info);
+  ~NativeProxy() override;
+
+ private:
+  struct Completion {
+    uint64_t request;
+    int result;
+  };
+
+  Napi::Value AddTcp(const Napi::CallbackInfo& info);
+  Napi::Value Remove(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value Ref(const Napi::CallbackInfo& info);
+  Napi::Value Unref(const Napi::CallbackInfo& info);
+
+  // Runs on the JavaScript thread for every completion a worker posted.
+  static void DeliverCompletion(Napi::Env env, Napi::Function callback, NativeProxy* self, Completion* completion);
+  // The environment is going away (worker exit, process exit): stop and join now.
+  static void OnEnvironmentCleanup(void* self);
+
+  void FinishClose(Napi::Env env);
+  void ShutdownNow();
+
+  ps::Engine engine_;
+  Napi::ThreadSafeFunction completions_;
+  bool completions_released_ = false;
+  bool cleanup_hook_registered_ = false;
+  std::unique_ptr<Napi::Promise::Deferred> close_deferred_;
+};
+
+}  // namespace portsplice
+
+#endif  // PORTSPLICE_NATIVE_PROXY_H_

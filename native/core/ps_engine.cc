@@ -1,0 +1,103 @@
+#include "ps_engine.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+namespace ps {
+
+Engine::~Engine() {
+  if (running()) stop(0);
+  join();
+}
+
+int Engine::start(const EngineOptions& options, CompletionFn on_complete) {
+  if (!workers_.empty()) return -EALREADY;
+  if (options.threads < 1) return -EINVAL;
+  options_ = options;
+  on_complete_ = std::move(on_complete);
+  for (int i = 0; i < options.threads; i++) {
+    auto worker = std::make_unique<Worker>(i, options_, &on_complete_);
+    int rc = worker->init();
+    if (rc == 0) rc = worker->spawn();
+    if (rc < 0) {
+      // Undo: the workers already running exit and are joined.
+      stop(0);
+      join();
+      return rc;
+    }
+    workers_.push_back(std::move(worker));
+  }
+  return 0;
+}
+
+Error Engine::add_tcp(const TcpMappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port) {
+  if (!running()) return {-EBADF, "add"};
+  int family = config.listen.family();
+  UniqueFd fd(socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return {-errno, "socket"};
+  int one = 1;
+  // SO_REUSEADDR lets a restarted forwarder bind while old connections sit in
+  // TIME_WAIT; it does not let two listeners share a port (that is SO_REUSEPORT).
+  if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) return {-errno, "setsockopt"};
+  if (family == AF_INET6) {
+    int v6only = config.ipv6_only ? 1 : 0;
+    if (setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) return {-errno, "setsockopt"};
+  }
+  if (bind(fd.get(), config.listen.get(), config.listen.length) < 0) return {-errno, "bind"};
+  if (listen(fd.get(), config.backlog) < 0) return {-errno, "listen"};
+  SocketAddress bound;
+  bound.length = sizeof bound.storage;
+  if (getsockname(fd.get(), bound.get(), &bound.length) < 0) return {-errno, "getsockname"};
+
+  uint32_t mapping_id = next_id_++;
+  auto mapping = std::make_shared<Mapping>(mapping_id, config, std::move(fd), options_.threads);
+  mappings_.emplace(mapping_id, mapping);
+  broadcast(Command::Kind::kAddMapping, mapping, mapping_id, request);
+  *id = mapping_id;
+  *port = bound.port();
+  return {};
+}
+
+int Engine::remove(uint32_t id, uint64_t request) {
+  auto it = mappings_.find(id);
+  if (it == mappings_.end()) return -ENOENT;
+  mappings_.erase(it);
+  broadcast(Command::Kind::kRemoveMapping, nullptr, id, request);
+  return 0;
+}
+
+int Engine::stop(uint64_t request) {
+  if (!running()) return -EALREADY;
+  stopping_ = true;
+  mappings_.clear();
+  broadcast(Command::Kind::kStop, nullptr, 0, request);
+  return 0;
+}
+
+void Engine::join() {
+  for (auto& worker : workers_) worker->join();
+  workers_.clear();
+}
+
+void Engine::snapshot(std::vector<uint64_t>* rows) const {
+  for (const auto& entry : mappings_) {
+    size_t at = rows->size();
+    rows->resize(at + kStatsFieldCount);
+    entry.second->snapshot(rows->data() + at);
+  }
+}
+
+void Engine::broadcast(Command::Kind kind, const std::shared_ptr<Mapping>& mapping, uint32_t id, uint64_t request) {
+  auto barrier = std::make_shared<Barrier>(static_cast<int>(workers_.size()), request);
+  for (auto& worker : workers_) {
+    Command command;
+    command.kind = kind;
+    command.mapping = mapping;
+    command.mapping_id = id;
+    command.barrier = barrier;
+    worker->post(std::move(command));
+  }
+}
+
+}  // namespace ps

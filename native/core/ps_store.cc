@@ -1,0 +1,62 @@
+#include "ps_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <new>
+
+namespace ps {
+
+int PipePool::acquire(Pipe* out) {
+  if (max_in_use_ != 0 && in_use_ >= max_in_use_) return -ENOSPC;
+  if (!idle_.empty()) {
+    *out = std::move(idle_.back());
+    idle_.pop_back();
+    in_use_++;
+    return 0;
+  }
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) return -errno;
+  out->read_end.reset(fds[0]);
+  out->write_end.reset(fds[1]);
+  // A larger pipe moves more per splice call. Over fs.pipe-user-pages-soft the kernel
+  // refuses with EPERM and the pipe keeps the size it was given, which still works.
+  int size = -1;
+  if (pipe_size_ != 0) size = fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(pipe_size_));
+  if (size < 0) size = fcntl(fds[1], F_GETPIPE_SZ);
+  out->capacity = size > 0 ? static_cast<size_t>(size) : 4096;
+  in_use_++;
+  return 0;
+}
+
+void PipePool::release(Pipe* pipe, bool empty) {
+  if (!pipe->valid()) return;
+  in_use_--;
+  if (empty && idle_.size() < max_idle_) {
+    idle_.push_back(std::move(*pipe));
+  } else {
+    pipe->read_end.reset();
+    pipe->write_end.reset();
+  }
+}
+
+char* BufferPool::acquire() {
+  if (!idle_.empty()) {
+    char* buffer = idle_.back().release();
+    idle_.pop_back();
+    return buffer;
+  }
+  return new (std::nothrow) char[kBufferSize];
+}
+
+void BufferPool::release(char* buffer) {
+  if (buffer == nullptr) return;
+  if (idle_.size() < max_idle_) {
+    idle_.emplace_back(buffer);
+  } else {
+    delete[] buffer;
+  }
+}
+
+}  // namespace ps

@@ -1,0 +1,87 @@
+// One forwarded TCP connection: the accepted client socket, the socket to the target,
+// and a direction of bytes each way. Bytes move socket -> pipe -> socket with splice(2),
+// or through a pooled buffer when splice cannot be used.
+#ifndef PORTSPLICE_PS_TCP_SESSION_H_
+#define PORTSPLICE_PS_TCP_SESSION_H_
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "ps_fd.h"
+#include "ps_list.h"
+#include "ps_loop.h"
+#include "ps_mapping.h"
+#include "ps_store.h"
+
+namespace ps {
+
+class Worker;
+
+class TcpSession final : public EventHandler {
+ public:
+  TcpSession(Worker* worker, Mapping* mapping, UniqueFd client);
+
+  // Opens the target socket and starts connecting. On failure the session has already
+  // closed itself (the client is reset and the failure counted), and the negative errno
+  // is returned so that the caller can react to fd exhaustion.
+  int start();
+
+  void on_event(Watcher* watcher, uint32_t events) override;
+
+  // Gives up connecting: the connect timeout has passed.
+  void on_connect_timeout();
+
+  // Resets both sides now (mapping removed, engine stopping).
+  void abort() { finish(true); }
+
+  bool closed() const { return state_ == State::kClosed; }
+  Mapping* mapping() const { return mapping_; }
+  int64_t connect_deadline() const { return connect_deadline_; }
+
+  ListLink<TcpSession> all_link{this};         // In the worker's list of sessions.
+  ListLink<TcpSession> connecting_link{this};  // In the worker's list of pending connects.
+
+ private:
+  enum class State { kConnecting, kOpen, kClosed };
+  enum Tag : uint8_t { kClient, kTarget };
+
+  // Bytes in flight from one socket to the other.
+  struct Direction {
+    Pipe pipe;                // Held while bytes are in the pipe.
+    char* buffer = nullptr;   // Or, on the copy path, held while bytes are in the buffer.
+    size_t offset = 0;        // Where the unwritten bytes start in the buffer.
+    size_t pending = 0;       // Bytes read from the source and not yet written.
+    bool eof = false;         // The source has sent FIN.
+    bool shut = false;        // FIN has been forwarded with shutdown(SHUT_WR).
+
+    bool has_store() const { return pipe.valid() || buffer != nullptr; }
+    bool wants_read() const { return !eof && pending == 0; }
+  };
+
+  int pump(Direction& d, int src, int dst, bool can_read, bool can_write, bool toward_target);
+  int acquire_store(Direction& d);
+  void release_store(Direction& d);
+  ssize_t read_in(Direction& d, int src);
+  ssize_t write_out(Direction& d, int dst, bool toward_target);
+  void update_interest(Watcher* event_watcher, uint32_t events);
+  void on_connected();
+  void fail_connect();
+  void finish(bool reset);
+
+  Worker* worker_;
+  Mapping* mapping_;
+  ThreadCounters* counters_;
+  UniqueFd client_;
+  UniqueFd target_;
+  Watcher client_watcher_;
+  Watcher target_watcher_;
+  Direction up_;    // Client to target.
+  Direction down_;  // Target to client.
+  State state_ = State::kConnecting;
+  bool no_splice_ = false;  // splice(2) said EINVAL: this connection copies.
+  int64_t connect_deadline_ = 0;
+};
+
+}  // namespace ps
+
+#endif  // PORTSPLICE_PS_TCP_SESSION_H_

@@ -1,0 +1,239 @@
+#include "ps_worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <new>
+
+namespace ps {
+
+namespace {
+
+// Connections accepted per readiness event before other sockets get a turn.
+constexpr int kMaxAcceptsPerEvent = 64;
+// How long accepting pauses when the process is out of descriptors or memory. Level
+// triggered epoll would otherwise report the listener again at once and spin.
+constexpr int64_t kAcceptPauseMs = 100;
+constexpr size_t kMaxIdleBuffers = 16;
+
+}  // namespace
+
+Worker::Worker(int index, const EngineOptions& options, const CompletionFn* on_complete)
+    : index_(index),
+      on_complete_(on_complete),
+      pipes_(options.pipe_size, options.max_pipes, options.max_idle_pipes),
+      buffers_(kMaxIdleBuffers) {}
+
+Worker::~Worker() { join(); }
+
+int Worker::init() {
+  int rc = loop_.init();
+  if (rc < 0) return rc;
+  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return -errno;
+  wake_fd_.reset(fd);
+  wake_watcher_.fd = fd;
+  wake_watcher_.handler = this;
+  return loop_.watch(&wake_watcher_, EPOLLIN);
+}
+
+int Worker::spawn() {
+  // Block every signal in the engine thread: SIGPIPE from splice(2) to a reset peer
+  // must not kill the process, and SIGINT/SIGTERM belong to the embedding program.
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &previous);
+  int rc = pthread_create(&thread_, nullptr, &Worker::thread_main, this);
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  if (rc != 0) return -rc;
+  started_ = true;
+  return 0;
+}
+
+void Worker::join() {
+  if (!started_) return;
+  pthread_join(thread_, nullptr);
+  started_ = false;
+}
+
+void Worker::post(Command command) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(command));
+  }
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = write(wake_fd_.get(), &one, sizeof one);
+  } while (n < 0 && errno == EINTR);
+  // EAGAIN means the counter is already non-zero: the thread is being woken anyway.
+}
+
+void* Worker::thread_main(void* self) {
+  static_cast<Worker*>(self)->run();
+  return nullptr;
+}
+
+void Worker::run() {
+  now_ms_ = monotonic_ms();
+  while (running_) {
+    int timeout = -1;
+    if (next_timer_ms_ != INT64_MAX) {
+      timeout = static_cast<int>(std::clamp<int64_t>(next_timer_ms_ - now_ms_, 0, 60000));
+    }
+    int ready = loop_.wait(timeout);
+    now_ms_ = monotonic_ms();
+    if (ready > 0) loop_.dispatch(ready);
+    // Commands run after the batch, so that none frees a listener or session that a
+    // later event of the same batch points at.
+    if (wake_pending_) run_commands();
+    for (TcpSession* session : retired_) delete session;
+    retired_.clear();
+    if (now_ms_ >= next_timer_ms_) run_timers();
+  }
+}
+
+void Worker::on_event(Watcher*, uint32_t) {
+  uint64_t value;
+  ssize_t n;
+  do {
+    n = read(wake_fd_.get(), &value, sizeof value);
+  } while (n < 0 && errno == EINTR);
+  wake_pending_ = true;
+}
+
+void Worker::run_commands() {
+  wake_pending_ = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    commands_.swap(queue_);
+  }
+  for (Command& command : commands_) {
+    switch (command.kind) {
+      case Command::Kind::kAddMapping:
+        add_mapping(std::move(command.mapping), command.barrier);
+        break;
+      case Command::Kind::kRemoveMapping:
+        remove_mapping(command.mapping_id);
+        complete(command.barrier, 0);
+        break;
+      case Command::Kind::kStop:
+        stop();
+        complete(command.barrier, 0);
+        break;
+    }
+  }
+  commands_.clear();
+}
+
+void Worker::complete(const std::shared_ptr<Barrier>& barrier, int result) {
+  if (result < 0) {
+    int expected = 0;
+    barrier->result.compare_exchange_strong(expected, result);
+  }
+  if (barrier->remaining.fetch_sub(1) == 1 && on_complete_ != nullptr && *on_complete_) {
+    (*on_complete_)(barrier->request, barrier->result.load());
+  }
+}
+
+void Worker::add_mapping(std::shared_ptr<Mapping> mapping, const std::shared_ptr<Barrier>& barrier) {
+  auto listener = std::unique_ptr<Listener>(new (std::nothrow) Listener(this, std::move(mapping)));
+  if (!listener) {
+    complete(barrier, -ENOMEM);
+    return;
+  }
+  int rc = loop_.watch_exclusive(&listener->watcher, EPOLLIN);
+  if (rc == 0) listeners_.push_back(std::move(listener));
+  complete(barrier, rc);
+}
+
+void Worker::remove_mapping(uint32_t mapping_id) {
+  auto it = std::find_if(listeners_.begin(), listeners_.end(),
+                         [&](const std::unique_ptr<Listener>& l) { return l->mapping->id() == mapping_id; });
+  if (it == listeners_.end()) return;
+  Mapping* mapping = (*it)->mapping.get();
+  loop_.forget(&(*it)->watcher);
+  for (TcpSession* session = sessions_.front(); session != nullptr;) {
+    TcpSession* next = sessions_.next(&session->all_link);
+    if (session->mapping() == mapping) session->abort();
+    session = next;
+  }
+  listeners_.erase(it);
+}
+
+void Worker::stop() {
+  running_ = false;
+  for (auto& listener : listeners_) loop_.forget(&listener->watcher);
+  while (TcpSession* session = sessions_.front()) session->abort();
+  for (TcpSession* session : retired_) delete session;
+  retired_.clear();
+  listeners_.clear();
+  pipes_.clear();
+  buffers_.clear();
+}
+
+void Worker::accept_connections(Listener* listener) {
+  for (int i = 0; i < kMaxAcceptsPerEvent; i++) {
+    int fd = accept4(listener->mapping->listen_fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int error = errno;
+      // The connection died in the queue, or a signal: try the next one.
+      if (error == EINTR || error == ECONNABORTED || error == EPROTO) continue;
+      if (error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM) pause_listener(listener);
+      return;  // EAGAIN: the queue is empty.
+    }
+    UniqueFd client(fd);
+    auto* session = new (std::nothrow) TcpSession(this, listener->mapping.get(), std::move(client));
+    if (session == nullptr) {
+      pause_listener(listener);
+      return;
+    }
+    sessions_.push_back(&session->all_link);
+    int rc = session->start();
+    if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
+      pause_listener(listener);
+      return;
+    }
+  }
+}
+
+void Worker::pause_listener(Listener* listener) {
+  loop_.forget(&listener->watcher);
+  listener->paused_until = now_ms_ + kAcceptPauseMs;
+  next_timer_ms_ = std::min(next_timer_ms_, listener->paused_until);
+}
+
+void Worker::track_connect(TcpSession* session) {
+  connecting_.push_back(&session->connecting_link);
+  next_timer_ms_ = std::min(next_timer_ms_, session->connect_deadline());
+}
+
+void Worker::retire(TcpSession* session) { retired_.push_back(session); }
+
+void Worker::run_timers() {
+  int64_t next = INT64_MAX;
+  for (auto& listener : listeners_) {
+    if (listener->paused_until == 0) continue;
+    if (listener->paused_until <= now_ms_) {
+      listener->paused_until = 0;
+      loop_.watch_exclusive(&listener->watcher, EPOLLIN);
+    } else {
+      next = std::min(next, listener->paused_until);
+    }
+  }
+  for (TcpSession* session = connecting_.front(); session != nullptr;) {
+    TcpSession* following = connecting_.next(&session->connecting_link);
+    if (session->connect_deadline() <= now_ms_) {
+      session->on_connect_timeout();
+    } else {
+      next = std::min(next, session->connect_deadline());
+    }
+    session = following;
+  }
+  next_timer_ms_ = next;
+}
+
+}  // namespace ps

@@ -1,0 +1,308 @@
+// Byte-exact forwarding, concurrency, stats accounting, IPv6 and multi-threading.
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+
+import { createProxy } from '../dist/index.js';
+import {
+  ENGINES,
+  V4,
+  V6,
+  KiB,
+  MiB,
+  sha256,
+  randomPayload,
+  withTimeout,
+  startEchoServer,
+  startStreamServer,
+  exchange,
+  connect,
+  collect,
+  openConnections,
+  addMapping,
+  statsOf,
+  waitStats,
+  waitIdle,
+  waitFor,
+  safeRemove,
+  safeClose,
+  closeServers,
+  checkByteInvariants,
+  show,
+} from './helpers.mjs';
+
+const SIZES = [0, 1, 1000, 65536 + 17, 1 * MiB, 64 * MiB];
+
+/** Per-size time budget for one transfer. */
+const budget = (size) => (size >= 64 * MiB ? 60000 : 10000);
+
+/** Assert the final counters of a mapping after all its connections are done. */
+async function checkFinalStats(engine, proxy, m, { accepted, toTarget, toClient }) {
+  const st = await waitIdle(proxy, m);
+  assert.equal(st.connections.accepted, accepted, `connections.accepted (${show(st.connections)})`);
+  assert.equal(st.connections.active, 0, 'connections.active');
+  assert.equal(st.connections.failed, 0, 'connections.failed');
+  assert.equal(st.bytes.toTarget, BigInt(toTarget), `bytes.toTarget (${show(st.bytes)})`);
+  assert.equal(st.bytes.toClient, BigInt(toClient), `bytes.toClient (${show(st.bytes)})`);
+  checkByteInvariants(assert, engine, st);
+  return st;
+}
+
+for (const engine of ENGINES) {
+  describe(`forwarding [${engine}]`, () => {
+    let proxy;
+    let echo;
+    let echo6;
+
+    before(async () => {
+      echo = await startEchoServer({ host: V4 });
+      echo6 = await startEchoServer({ host: V6 });
+      proxy = createProxy({ engine, threads: 1 });
+    });
+
+    after(async () => {
+      await safeClose(proxy);
+      await closeServers(echo, echo6);
+    });
+
+    test('createProxy reports the engine and add() reports the mapping', async () => {
+      assert.equal(proxy.engine, engine);
+      assert.equal(proxy.closed, false);
+      assert.equal(proxy.stats().engine, engine);
+      const m = await addMapping(proxy, echo.port);
+      try {
+        assert.equal(typeof m.id, 'number');
+        assert.equal(m.proto, 'tcp');
+        assert.equal(m.listen.host, V4);
+        assert.ok(Number.isInteger(m.listen.port) && m.listen.port > 0 && m.listen.port < 65536, `bound port ${m.listen.port}`);
+        assert.deepEqual({ ...m.target }, { host: V4, port: echo.port });
+        const st = statsOf(proxy, m);
+        assert.ok(st, 'the mapping appears in stats()');
+        assert.equal(st.proto, 'tcp');
+        assert.deepEqual({ ...st.listen }, { host: V4, port: m.listen.port });
+        assert.deepEqual({ ...st.target }, { host: V4, port: echo.port });
+        const { accepted, active, failed } = st.connections;
+        assert.deepEqual({ accepted, active, failed }, { accepted: 0, active: 0, failed: 0 });
+        const { toTarget, toClient, spliced, copied } = st.bytes;
+        assert.deepEqual({ toTarget, toClient, spliced, copied }, { toTarget: 0n, toClient: 0n, spliced: 0n, copied: 0n });
+      } finally {
+        await safeRemove(proxy, m);
+      }
+    });
+
+    for (const size of SIZES) {
+      test(`echo target: ${size} bytes forwarded byte-exact both ways`, { timeout: budget(size) + 20000 }, async () => {
+        const m = await addMapping(proxy, echo.port);
+        try {
+          const payload = randomPayload(size);
+          const got = await exchange(m.listen.port, V4, payload, { timeout: budget(size) });
+          assert.equal(got.bytes, size, 'echoed byte count');
+          assert.equal(got.sha256, sha256(payload), 'echoed sha256');
+          await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: size, toClient: size });
+        } finally {
+          await safeRemove(proxy, m);
+        }
+      });
+
+      test(`independent streams: ${size} bytes each way concurrently`, { timeout: budget(size) + 20000 }, async () => {
+        // The target sends its own random stream while receiving the client's one.
+        const fromServer = randomPayload(size);
+        const server = await startStreamServer(fromServer);
+        const m = await addMapping(proxy, server.port);
+        try {
+          const fromClient = randomPayload(size);
+          const got = await exchange(m.listen.port, V4, fromClient, { timeout: budget(size) });
+          assert.equal(got.bytes, size, 'bytes received by the client');
+          assert.equal(got.sha256, sha256(fromServer), 'sha256 of what the client received');
+          await waitFor(() => server.results.length === 1, { timeout: 5000, what: 'target saw the FIN' });
+          assert.equal(server.results[0].bytes, size, 'bytes received by the target');
+          assert.equal(server.results[0].sha256, sha256(fromClient), 'sha256 of what the target received');
+          await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: size, toClient: size });
+        } finally {
+          await safeRemove(proxy, m);
+          await closeServers(server);
+        }
+      });
+    }
+
+    test('asymmetric sizes: client sends 3 MiB+5, target sends 257 bytes', { timeout: 30000 }, async () => {
+      const fromServer = randomPayload(257);
+      const server = await startStreamServer(fromServer);
+      const m = await addMapping(proxy, server.port);
+      try {
+        const fromClient = randomPayload(3 * MiB + 5);
+        const got = await exchange(m.listen.port, V4, fromClient);
+        assert.equal(got.sha256, sha256(fromServer));
+        await waitFor(() => server.results.length === 1, { timeout: 5000, what: 'target saw the FIN' });
+        assert.equal(server.results[0].sha256, sha256(fromClient));
+        await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: fromClient.length, toClient: 257 });
+      } finally {
+        await safeRemove(proxy, m);
+        await closeServers(server);
+      }
+    });
+
+    test('1000 concurrent connections, each exchanging a small payload', { timeout: 40000 }, async () => {
+      const N = 1000;
+      const m = await addMapping(proxy, echo.port);
+      let sockets = [];
+      try {
+        sockets = await openConnections(N, m.listen.port, V4, { timeout: 15000 });
+        // All of them are open at once: the proxy must see them all as active.
+        const open = await waitStats(
+          proxy,
+          m,
+          (s) => s.connections.accepted === N && s.connections.active === N,
+          `accepted === active === ${N}`,
+          10000,
+        );
+        assert.equal(open.connections.failed, 0);
+
+        const payloads = sockets.map((_, i) => Buffer.concat([Buffer.from(`conn ${i}:`), randomBytes(64 + (i % 200))]));
+        const results = await withTimeout(
+          Promise.all(
+            sockets.map((s, i) => {
+              const p = collect(s, { keep: true });
+              s.end(payloads[i]);
+              return p;
+            }),
+          ),
+          20000,
+          `${N} echo exchanges`,
+        );
+        let total = 0;
+        results.forEach((r, i) => {
+          assert.ok(r.data.equals(payloads[i]), `connection ${i} got its own payload back`);
+          total += payloads[i].length;
+        });
+        await checkFinalStats(engine, proxy, m, { accepted: N, toTarget: total, toClient: total });
+      } finally {
+        for (const s of sockets) s.destroy();
+        await safeRemove(proxy, m);
+      }
+    });
+
+    test('IPv6: listen on ::1, target ::1', { timeout: 30000 }, async () => {
+      const m = await addMapping(proxy, echo6.port, { listenHost: V6, targetHost: V6 });
+      try {
+        assert.equal(m.listen.host, V6);
+        assert.ok(m.listen.port > 0);
+        assert.deepEqual({ ...m.target }, { host: V6, port: echo6.port });
+        const payload = randomPayload(2 * MiB + 3);
+        const got = await exchange(m.listen.port, V6, payload);
+        assert.equal(got.bytes, payload.length);
+        assert.equal(got.sha256, sha256(payload));
+        const before = echo6.connectionCount;
+        const got2 = await exchange(m.listen.port, V6, Buffer.from('v6 only'), { keep: true });
+        assert.equal(got2.data.toString(), 'v6 only');
+        assert.equal(echo6.connectionCount, before + 1, 'the IPv6 target server received the connection');
+        await checkFinalStats(engine, proxy, m, {
+          accepted: 2,
+          toTarget: payload.length + 7,
+          toClient: payload.length + 7,
+        });
+      } finally {
+        await safeRemove(proxy, m);
+      }
+    });
+
+    test('IPv6 listen ::1 with an IPv4 target 127.0.0.1', { timeout: 30000 }, async () => {
+      const m = await addMapping(proxy, echo.port, { listenHost: V6, targetHost: V4 });
+      try {
+        assert.equal(m.listen.host, V6);
+        const before = echo.connectionCount;
+        const payload = randomPayload(1 * MiB + 11);
+        const got = await exchange(m.listen.port, V6, payload);
+        assert.equal(got.bytes, payload.length);
+        assert.equal(got.sha256, sha256(payload));
+        assert.equal(echo.connectionCount, before + 1, 'the IPv4 target server received the connection');
+        await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: payload.length, toClient: payload.length });
+      } finally {
+        await safeRemove(proxy, m);
+      }
+    });
+
+    test('several mappings at once keep separate counters', { timeout: 30000 }, async () => {
+      const a = await addMapping(proxy, echo.port);
+      const b = await addMapping(proxy, echo.port);
+      try {
+        assert.notEqual(a.id, b.id);
+        assert.notEqual(a.listen.port, b.listen.port);
+        const pa = randomPayload(100 * KiB);
+        const pb = randomPayload(33);
+        const [ra, rb] = await Promise.all([
+          exchange(a.listen.port, V4, pa),
+          exchange(b.listen.port, V4, pb),
+        ]);
+        assert.equal(ra.sha256, sha256(pa));
+        assert.equal(rb.sha256, sha256(pb));
+        await checkFinalStats(engine, proxy, a, { accepted: 1, toTarget: pa.length, toClient: pa.length });
+        await checkFinalStats(engine, proxy, b, { accepted: 1, toTarget: pb.length, toClient: pb.length });
+      } finally {
+        await safeRemove(proxy, a);
+        await safeRemove(proxy, b);
+      }
+    });
+  });
+
+  describe(`threads: 2 [${engine}]`, () => {
+    let proxy;
+    let echo;
+
+    before(async () => {
+      echo = await startEchoServer();
+      proxy = createProxy({ engine, threads: 2 });
+    });
+
+    after(async () => {
+      await safeClose(proxy);
+      await closeServers(echo);
+    });
+
+    test('forwards many concurrent connections byte-exact', { timeout: 60000 }, async () => {
+      assert.equal(proxy.engine, engine);
+      const m = await addMapping(proxy, echo.port);
+      try {
+        const N = 64;
+        const payloads = Array.from({ length: N }, (_, i) => randomPayload(i % 4 === 0 ? 1 * MiB + i : 4 * KiB + i));
+        const results = await withTimeout(
+          Promise.all(payloads.map((p) => exchange(m.listen.port, V4, p, { timeout: 30000 }))),
+          40000,
+          `${N} concurrent exchanges`,
+        );
+        let total = 0;
+        results.forEach((r, i) => {
+          assert.equal(r.sha256, sha256(payloads[i]), `connection ${i} echoed byte-exact`);
+          total += payloads[i].length;
+        });
+        await checkFinalStats(engine, proxy, m, { accepted: N, toTarget: total, toClient: total });
+      } finally {
+        await safeRemove(proxy, m);
+      }
+    });
+
+    test('a second mapping on the same proxy also works', { timeout: 30000 }, async () => {
+      const a = await addMapping(proxy, echo.port);
+      const b = await addMapping(proxy, echo.port, { listenHost: V6 });
+      let sa;
+      let sb;
+      try {
+        sa = await connect(a.listen.port, V4);
+        sb = await connect(b.listen.port, V6);
+        const ra = collect(sa, { keep: true });
+        const rb = collect(sb, { keep: true });
+        sa.end('alpha');
+        sb.end('bravo');
+        const [xa, xb] = await withTimeout(Promise.all([ra, rb]), 10000, 'two echoes');
+        assert.equal(xa.data.toString(), 'alpha');
+        assert.equal(xb.data.toString(), 'bravo');
+      } finally {
+        sa?.destroy();
+        sb?.destroy();
+        await safeRemove(proxy, a);
+        await safeRemove(proxy, b);
+      }
+    });
+  });
+}
