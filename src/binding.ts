@@ -34,7 +34,12 @@ export interface NativeProxy {
 }
 
 export interface NativeBinding {
-  NativeProxy: new (threads: number, onComplete: (requestId: number, errno: number) => void) => NativeProxy;
+  NativeProxy: new (
+    threads: number,
+    onComplete: (requestId: number, errno: number) => void,
+    pipeSize: number,
+    maxPipes: number,
+  ) => NativeProxy;
   /** The names of the values of one mapping's row in `stats()`, in order. */
   statsFields: readonly string[];
 }

@@ -26,6 +26,8 @@ export interface ResolvedMapping {
 export interface ResolvedProxyOptions {
   engine: EngineName;
   threads: number;
+  pipeSize: number;
+  maxPipes: number;
 }
 
 type ErrorCode = 'ERR_INVALID_ARG_TYPE' | 'ERR_INVALID_ARG_VALUE' | 'ERR_OUT_OF_RANGE';
@@ -87,7 +89,8 @@ function checkChoice<T extends string>(value: unknown, field: string, choices: r
   return value as T;
 }
 
-const HOST_NAME = /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$/;
+const HOST_NAME =
+  /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$/;
 
 /** Checks a host: an IP literal, or a syntactically valid DNS name (resolved later). */
 function checkHost(value: unknown, field: string): string {
@@ -107,12 +110,13 @@ function checkHost(value: unknown, field: string): string {
 }
 
 export function validateProxyOptions(options: unknown, defaultEngine: EngineName): ResolvedProxyOptions {
-  if (options === undefined) return { engine: defaultEngine, threads: 1 };
-  const o = checkObject(options, 'options');
-  checkKeys(o, 'options', ['engine', 'threads']);
+  const o = options === undefined ? {} : checkObject(options, 'options');
+  checkKeys(o, 'options', ['engine', 'threads', 'pipeSize', 'maxPipes']);
   return {
     engine: o.engine === undefined ? defaultEngine : checkChoice(o.engine, 'engine', ENGINES),
     threads: o.threads === undefined ? 1 : checkInteger(o.threads, 'threads', 1, MAX_THREADS),
+    pipeSize: o.pipeSize === undefined ? 0 : checkInteger(o.pipeSize, 'pipeSize', 4096, 1 << 20),
+    maxPipes: o.maxPipes === undefined ? 0 : checkInteger(o.maxPipes, 'maxPipes', 0, 2 ** 31 - 1),
   };
 }
 

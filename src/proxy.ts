@@ -27,7 +27,7 @@ class PortspliceProxy implements Proxy {
   constructor(options: ProxyOptions | undefined) {
     const resolved = validateProxyOptions(options, process.platform === 'linux' ? 'splice' : 'stream');
     this.engine = resolved.engine;
-    this.#backend = resolved.engine === 'splice' ? new SpliceBackend(resolved.threads) : new StreamBackend();
+    this.#backend = resolved.engine === 'splice' ? new SpliceBackend(resolved) : new StreamBackend();
     openProxies.add(this);
     this.#updateRef();
   }

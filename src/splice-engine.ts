@@ -4,7 +4,7 @@
  */
 import type { Backend, RawCounters } from './backend.js';
 import { loadBinding, type NativeProxy } from './binding.js';
-import type { ResolvedMapping } from './config.js';
+import type { ResolvedMapping, ResolvedProxyOptions } from './config.js';
 
 /** The error a native call throws: a Node-style system error. */
 type SystemError = Error & { code?: string; errno?: number; syscall?: string };
@@ -15,10 +15,15 @@ export class SpliceBackend implements Backend {
   #pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   #nextRequest = 1;
 
-  constructor(threads: number) {
+  constructor(options: ResolvedProxyOptions) {
     const binding = loadBinding();
     this.#fields = binding.statsFields;
-    this.#native = new binding.NativeProxy(threads, (requestId, errno) => this.#complete(requestId, errno));
+    this.#native = new binding.NativeProxy(
+      options.threads,
+      (requestId, errno) => this.#complete(requestId, errno),
+      options.pipeSize,
+      options.maxPipes,
+    );
   }
 
   #complete(requestId: number, errno: number): void {

@@ -15,6 +15,16 @@ interface StreamMapping {
   counters: RawCounters;
 }
 
+/**
+ * Resets a socket (RST), or closes it where Node cannot: libuv refuses to reset a socket
+ * once its write side has been shut down, and Node then never closes the handle, which
+ * leaks it and hangs process exit. A socket that already sent FIN is destroyed instead.
+ */
+function reset(socket: net.Socket): void {
+  if (socket.writableEnded || socket.destroyed) socket.destroy();
+  else socket.resetAndDestroy();
+}
+
 function newCounters(): RawCounters {
   return { accepted: 0, active: 0, failed: 0, toTarget: 0n, toClient: 0n, spliced: 0n, copied: 0n };
 }
@@ -81,13 +91,13 @@ export class StreamBackend implements Backend {
     });
 
     // A reset on one side resets the other, so truncation is never disguised as a clean end.
-    client.on('error', () => target.resetAndDestroy());
+    client.on('error', () => reset(target));
     target.on('error', () => {
       if (!connected) {
         clearTimeout(timer);
         counters.failed++;
       }
-      client.resetAndDestroy();
+      reset(client);
     });
 
     this.#pump(client, target, (n) => (counters.toTarget += n), counters);
@@ -111,7 +121,7 @@ export class StreamBackend implements Backend {
     if (!mapping) return;
     this.#mappings.delete(id);
     const closed = new Promise<void>((resolve) => mapping.server.close(() => resolve()));
-    for (const socket of mapping.sockets) socket.resetAndDestroy();
+    for (const socket of mapping.sockets) reset(socket);
     await closed;
   }
 

@@ -18,6 +18,16 @@ export interface ProxyOptions {
   engine?: EngineName;
   /** Number of native event-loop threads for the splice engine (1 to 64, default 1). */
   threads?: number;
+  /**
+   * Splice engine: capacity asked for each pipe with F_SETPIPE_SZ, in bytes (4096 to
+   * 1048576, default: the kernel's 65536). Larger pipes move more per system call.
+   */
+  pipeSize?: number;
+  /**
+   * Splice engine: pipes in use at once per thread before further transfers are copied
+   * through a user-space buffer instead (default 0: no limit but the kernel's).
+   */
+  maxPipes?: number;
 }
 
 export interface Endpoint {

@@ -18,6 +18,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
 }  // namespace portsplice
 
-static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return portsplice::Init(env, exports); }
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  return portsplice::Init(env, exports);
+}
 
 NODE_API_MODULE(portsplice, InitModule)

@@ -16,8 +16,8 @@ constexpr uint64_t kCloseRequest = UINT64_MAX;
 // A Node-style system error: message "bind EADDRINUSE: Address already in use
 // 127.0.0.1:80", and code, errno, syscall, address and port properties.
 Napi::Error SystemError(Napi::Env env, const ps::Error& error, const std::string& host, int port) {
-  std::string message = std::string(error.syscall) + " " + ps::errno_name(error.code) + ": " +
-                        ps::errno_text(error.code);
+  std::string message =
+      std::string(error.syscall) + " " + ps::errno_name(error.code) + ": " + ps::errno_text(error.code);
   if (!host.empty()) message += " " + host + ":" + std::to_string(port);
   Napi::Error e = Napi::Error::New(env, message);
   e.Set("code", Napi::String::New(env, ps::errno_name(error.code)));
@@ -106,8 +106,7 @@ void NativeProxy::ShutdownNow() {
   }
 }
 
-void NativeProxy::DeliverCompletion(Napi::Env env, Napi::Function callback, NativeProxy* self,
-                                    Completion* completion) {
+void NativeProxy::DeliverCompletion(Napi::Env env, Napi::Function callback, NativeProxy* self, Completion* completion) {
   std::unique_ptr<Completion> owned(completion);
   if (env == nullptr) return;  // The environment is being torn down.
   if (completion->request == kCloseRequest) {
@@ -115,8 +114,8 @@ void NativeProxy::DeliverCompletion(Napi::Env env, Napi::Function callback, Nati
     return;
   }
   if (completion->request == 0) return;
-  callback.Call({Napi::Number::New(env, static_cast<double>(completion->request)),
-                 Napi::Number::New(env, completion->result)});
+  callback.Call(
+      {Napi::Number::New(env, static_cast<double>(completion->request)), Napi::Number::New(env, completion->result)});
 }
 
 void NativeProxy::FinishClose(Napi::Env env) {
@@ -137,9 +136,8 @@ void NativeProxy::FinishClose(Napi::Env env) {
 
 Napi::Value NativeProxy::AddTcp(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 8 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() ||
-      !info[3].IsString() || !info[4].IsNumber() || !info[5].IsNumber() || !info[6].IsNumber() ||
-      !info[7].IsBoolean()) {
+  if (info.Length() < 8 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsString() ||
+      !info[4].IsNumber() || !info[5].IsNumber() || !info[6].IsNumber() || !info[7].IsBoolean()) {
     ThrowTypeError(env,
                    "addTcp(requestId, listenHost, listenPort, targetHost, targetPort, backlog, "
                    "connectTimeoutMs, ipv6Only)");

@@ -4,8 +4,8 @@
 #ifndef PORTSPLICE_PS_COUNTERS_H_
 #define PORTSPLICE_PS_COUNTERS_H_
 
-#include <atomic>
 #include <stdint.h>
+#include <atomic>
 
 namespace ps {
 

@@ -7,8 +7,8 @@
 namespace ps {
 
 struct Error {
-  int code = 0;                 // A negative errno, or 0 for success.
-  const char* syscall = "";     // The call that failed, for messages.
+  int code = 0;              // A negative errno, or 0 for success.
+  const char* syscall = "";  // The call that failed, for messages.
 };
 
 // The symbolic name of a negative errno ("EADDRINUSE"), or "UNKNOWN".

@@ -17,9 +17,9 @@ class EventHandler;
 // user data points at it.
 struct Watcher {
   int fd = -1;
-  uint8_t tag = 0;           // Tells the handler which of its descriptors this is.
-  bool in_set = false;       // Whether the fd is in the epoll set.
-  uint32_t interest = 0;     // The events registered, when in_set.
+  uint8_t tag = 0;        // Tells the handler which of its descriptors this is.
+  bool in_set = false;    // Whether the fd is in the epoll set.
+  uint32_t interest = 0;  // The events registered, when in_set.
   EventHandler* handler = nullptr;
 };
 

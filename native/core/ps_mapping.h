@@ -23,7 +23,10 @@ struct TcpMappingConfig {
 class Mapping {
  public:
   Mapping(uint32_t id, const TcpMappingConfig& config, UniqueFd listen_fd, int threads)
-      : id_(id), config_(config), listen_fd_(std::move(listen_fd)), counters_(new ThreadCounters[threads]),
+      : id_(id),
+        config_(config),
+        listen_fd_(std::move(listen_fd)),
+        counters_(new ThreadCounters[threads]),
         threads_(threads) {}
 
   uint32_t id() const { return id_; }

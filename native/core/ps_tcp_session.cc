@@ -39,10 +39,7 @@ int socket_error(int fd) {
 }  // namespace
 
 TcpSession::TcpSession(Worker* worker, Mapping* mapping, UniqueFd client)
-    : worker_(worker),
-      mapping_(mapping),
-      counters_(&mapping->counters(worker->index())),
-      client_(std::move(client)) {
+    : worker_(worker), mapping_(mapping), counters_(&mapping->counters(worker->index())), client_(std::move(client)) {
   client_watcher_.fd = client_.get();
   client_watcher_.tag = kClient;
   client_watcher_.handler = this;

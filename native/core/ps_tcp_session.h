@@ -47,12 +47,12 @@ class TcpSession final : public EventHandler {
 
   // Bytes in flight from one socket to the other.
   struct Direction {
-    Pipe pipe;                // Held while bytes are in the pipe.
-    char* buffer = nullptr;   // Or, on the copy path, held while bytes are in the buffer.
-    size_t offset = 0;        // Where the unwritten bytes start in the buffer.
-    size_t pending = 0;       // Bytes read from the source and not yet written.
-    bool eof = false;         // The source has sent FIN.
-    bool shut = false;        // FIN has been forwarded with shutdown(SHUT_WR).
+    Pipe pipe;               // Held while bytes are in the pipe.
+    char* buffer = nullptr;  // Or, on the copy path, held while bytes are in the buffer.
+    size_t offset = 0;       // Where the unwritten bytes start in the buffer.
+    size_t pending = 0;      // Bytes read from the source and not yet written.
+    bool eof = false;        // The source has sent FIN.
+    bool shut = false;       // FIN has been forwarded with shutdown(SHUT_WR).
 
     bool has_store() const { return pipe.valid() || buffer != nullptr; }
     bool wants_read() const { return !eof && pending == 0; }

@@ -27,7 +27,9 @@ Worker::Worker(int index, const EngineOptions& options, const CompletionFn* on_c
       pipes_(options.pipe_size, options.max_pipes, options.max_idle_pipes),
       buffers_(kMaxIdleBuffers) {}
 
-Worker::~Worker() { join(); }
+Worker::~Worker() {
+  join();
+}
 
 int Worker::init() {
   int rc = loop_.init();
@@ -211,7 +213,9 @@ void Worker::track_connect(TcpSession* session) {
   next_timer_ms_ = std::min(next_timer_ms_, session->connect_deadline());
 }
 
-void Worker::retire(TcpSession* session) { retired_.push_back(session); }
+void Worker::retire(TcpSession* session) {
+  retired_.push_back(session);
+}
 
 void Worker::run_timers() {
   int64_t next = INT64_MAX;

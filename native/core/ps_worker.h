@@ -23,9 +23,9 @@ namespace ps {
 
 struct EngineOptions {
   int threads = 1;
-  size_t pipe_size = 0;       // F_SETPIPE_SZ for new pipes; 0 keeps the kernel default.
-  size_t max_pipes = 0;       // Pipes in use per thread before copying; 0: no limit.
-  size_t max_idle_pipes = 64; // Empty pipes kept per thread for reuse.
+  size_t pipe_size = 0;        // F_SETPIPE_SZ for new pipes; 0 keeps the kernel default.
+  size_t max_pipes = 0;        // Pipes in use per thread before copying; 0: no limit.
+  size_t max_idle_pipes = 64;  // Empty pipes kept per thread for reuse.
 };
 
 // Counts workers down to the last one, which reports the command as complete.
@@ -110,7 +110,7 @@ class Worker final : public EventHandler {
   int64_t next_timer_ms_ = INT64_MAX;
 
   std::mutex mutex_;
-  std::vector<Command> queue_;  // Guarded by mutex_.
+  std::vector<Command> queue_;     // Guarded by mutex_.
   std::vector<Command> commands_;  // The batch being carried out, on this thread.
   bool wake_pending_ = false;
 
