@@ -32,7 +32,8 @@ async function peer() {
       while (left > 0) {
         const n = Math.min(left, CHUNK.length);
         left -= n;
-        if (!socket.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))) return socket.once('drain', pump);
+        if (!socket.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n)))
+          return socket.once('drain', pump);
       }
       socket.end();
     };
@@ -96,10 +97,17 @@ if (process.argv.includes('--peer')) {
   });
   console.log('engine\tGiB\tseconds\tGbit/s\tproxy CPU s\tCPU s/GiB');
   for (const engine of values.engines.split(',')) {
-    const r = await measure(engine, Number(values.bytes), Number(values.streams), Number(values['pipe-size']));
+    const r = await measure(
+      engine,
+      Number(values.bytes),
+      Number(values.streams),
+      Number(values['pipe-size']),
+    );
     const gib = r.bytes / 2 ** 30;
     const cpu = engine === 'direct' ? '-' : r.cpuSeconds.toFixed(2);
     const perGib = engine === 'direct' ? '-' : (r.cpuSeconds / gib).toFixed(2);
-    console.log(`${engine}\t${gib.toFixed(2)}\t${r.seconds.toFixed(2)}\t${r.gbps.toFixed(2)}\t${cpu}\t${perGib}`);
+    console.log(
+      `${engine}\t${gib.toFixed(2)}\t${r.seconds.toFixed(2)}\t${r.gbps.toFixed(2)}\t${cpu}\t${perGib}`,
+    );
   }
 }

@@ -47,17 +47,27 @@ export interface NativeBinding {
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 let cached: NativeBinding | Error | undefined;
 
-/** Loads the addon once; throws an error that says where it looked and how to rebuild. */
+/**
+ * Loads the addon once; throws an error that says where it looked and how to rebuild.
+ * PORTSPLICE_ADDON names a .node file to load instead (a cmake-js or sanitizer build).
+ */
 export function loadBinding(): NativeBinding {
   if (cached === undefined) {
+    const override = process.env.PORTSPLICE_ADDON;
     try {
       const require = createRequire(import.meta.url);
-      const load = require('node-gyp-build') as (dir: string) => NativeBinding;
-      cached = load(packageRoot);
+      if (override) {
+        cached = require(path.resolve(override)) as NativeBinding;
+      } else {
+        const load = require('node-gyp-build') as (dir: string) => NativeBinding;
+        cached = load(packageRoot);
+      }
     } catch (cause) {
-      const tried = ['build/Release', 'build/Debug', `prebuilds/${process.platform}-${process.arch}`]
-        .map((p) => path.join(packageRoot, p))
-        .join(', ');
+      const tried = override
+        ? path.resolve(override)
+        : ['build/Release', 'build/Debug', `prebuilds/${process.platform}-${process.arch}`]
+            .map((p) => path.join(packageRoot, p))
+            .join(', ');
       cached = new Error(
         `portsplice: cannot load the native addon (looked in ${tried}): ${(cause as Error).message}. ` +
           `Rebuild it with "npm rebuild portsplice" (needs python3, make and a C++ compiler), ` +

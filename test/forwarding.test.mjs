@@ -1,8 +1,10 @@
-// Byte-exact forwarding, concurrency, stats accounting, IPv6 and multi-threading.
+// Byte-exact forwarding (echo and independent streams, 0 B to 64 MiB), 1000 concurrent
+// connections, exact stats accounting, backpressure, IPv6, host names, threads: 2 and the
+// splice engine's copy fallback (small pipes, maxPipes).
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 
 import { createProxy } from '../dist/index.js';
 import {
@@ -14,8 +16,13 @@ import {
   sha256,
   randomPayload,
   withTimeout,
+  startServer,
   startEchoServer,
+  startDualEchoServer,
   startStreamServer,
+  expectRefused,
+  mappingOptions,
+  sleep,
   exchange,
   connect,
   collect,
@@ -46,6 +53,9 @@ async function checkFinalStats(engine, proxy, m, { accepted, toTarget, toClient 
   assert.equal(st.bytes.toTarget, BigInt(toTarget), `bytes.toTarget (${show(st.bytes)})`);
   assert.equal(st.bytes.toClient, BigInt(toClient), `bytes.toClient (${show(st.bytes)})`);
   checkByteInvariants(assert, engine, st);
+  if (engine === 'splice' && toTarget + toClient >= 2 * MiB) {
+    assert.ok(st.bytes.spliced > 0n, `the splice engine moved bytes with splice(2) (${show(st.bytes)})`);
+  }
   return st;
 }
 
@@ -75,7 +85,10 @@ for (const engine of ENGINES) {
         assert.equal(typeof m.id, 'number');
         assert.equal(m.proto, 'tcp');
         assert.equal(m.listen.host, V4);
-        assert.ok(Number.isInteger(m.listen.port) && m.listen.port > 0 && m.listen.port < 65536, `bound port ${m.listen.port}`);
+        assert.ok(
+          Number.isInteger(m.listen.port) && m.listen.port > 0 && m.listen.port < 65536,
+          `bound port ${m.listen.port}`,
+        );
         assert.deepEqual({ ...m.target }, { host: V4, port: echo.port });
         const st = statsOf(proxy, m);
         assert.ok(st, 'the mapping appears in stats()');
@@ -85,45 +98,56 @@ for (const engine of ENGINES) {
         const { accepted, active, failed } = st.connections;
         assert.deepEqual({ accepted, active, failed }, { accepted: 0, active: 0, failed: 0 });
         const { toTarget, toClient, spliced, copied } = st.bytes;
-        assert.deepEqual({ toTarget, toClient, spliced, copied }, { toTarget: 0n, toClient: 0n, spliced: 0n, copied: 0n });
+        assert.deepEqual(
+          { toTarget, toClient, spliced, copied },
+          { toTarget: 0n, toClient: 0n, spliced: 0n, copied: 0n },
+        );
       } finally {
         await safeRemove(proxy, m);
       }
     });
 
     for (const size of SIZES) {
-      test(`echo target: ${size} bytes forwarded byte-exact both ways`, { timeout: budget(size) + 20000 }, async () => {
-        const m = await addMapping(proxy, echo.port);
-        try {
-          const payload = randomPayload(size);
-          const got = await exchange(m.listen.port, V4, payload, { timeout: budget(size) });
-          assert.equal(got.bytes, size, 'echoed byte count');
-          assert.equal(got.sha256, sha256(payload), 'echoed sha256');
-          await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: size, toClient: size });
-        } finally {
-          await safeRemove(proxy, m);
-        }
-      });
+      test(
+        `echo target: ${size} bytes forwarded byte-exact both ways`,
+        { timeout: budget(size) + 20000 },
+        async () => {
+          const m = await addMapping(proxy, echo.port);
+          try {
+            const payload = randomPayload(size);
+            const got = await exchange(m.listen.port, V4, payload, { timeout: budget(size) });
+            assert.equal(got.bytes, size, 'echoed byte count');
+            assert.equal(got.sha256, sha256(payload), 'echoed sha256');
+            await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: size, toClient: size });
+          } finally {
+            await safeRemove(proxy, m);
+          }
+        },
+      );
 
-      test(`independent streams: ${size} bytes each way concurrently`, { timeout: budget(size) + 20000 }, async () => {
-        // The target sends its own random stream while receiving the client's one.
-        const fromServer = randomPayload(size);
-        const server = await startStreamServer(fromServer);
-        const m = await addMapping(proxy, server.port);
-        try {
-          const fromClient = randomPayload(size);
-          const got = await exchange(m.listen.port, V4, fromClient, { timeout: budget(size) });
-          assert.equal(got.bytes, size, 'bytes received by the client');
-          assert.equal(got.sha256, sha256(fromServer), 'sha256 of what the client received');
-          await waitFor(() => server.results.length === 1, { timeout: 5000, what: 'target saw the FIN' });
-          assert.equal(server.results[0].bytes, size, 'bytes received by the target');
-          assert.equal(server.results[0].sha256, sha256(fromClient), 'sha256 of what the target received');
-          await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: size, toClient: size });
-        } finally {
-          await safeRemove(proxy, m);
-          await closeServers(server);
-        }
-      });
+      test(
+        `independent streams: ${size} bytes each way concurrently`,
+        { timeout: budget(size) + 20000 },
+        async () => {
+          // The target sends its own random stream while receiving the client's one.
+          const fromServer = randomPayload(size);
+          const server = await startStreamServer(fromServer);
+          const m = await addMapping(proxy, server.port);
+          try {
+            const fromClient = randomPayload(size);
+            const got = await exchange(m.listen.port, V4, fromClient, { timeout: budget(size) });
+            assert.equal(got.bytes, size, 'bytes received by the client');
+            assert.equal(got.sha256, sha256(fromServer), 'sha256 of what the client received');
+            await waitFor(() => server.results.length === 1, { timeout: 5000, what: 'target saw the FIN' });
+            assert.equal(server.results[0].bytes, size, 'bytes received by the target');
+            assert.equal(server.results[0].sha256, sha256(fromClient), 'sha256 of what the target received');
+            await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: size, toClient: size });
+          } finally {
+            await safeRemove(proxy, m);
+            await closeServers(server);
+          }
+        },
+      );
     }
 
     test('asymmetric sizes: client sends 3 MiB+5, target sends 257 bytes', { timeout: 30000 }, async () => {
@@ -159,7 +183,9 @@ for (const engine of ENGINES) {
         );
         assert.equal(open.connections.failed, 0);
 
-        const payloads = sockets.map((_, i) => Buffer.concat([Buffer.from(`conn ${i}:`), randomBytes(64 + (i % 200))]));
+        const payloads = sockets.map((_, i) =>
+          Buffer.concat([Buffer.from(`conn ${i}:`), randomBytes(64 + (i % 200))]),
+        );
         const results = await withTimeout(
           Promise.all(
             sockets.map((s, i) => {
@@ -217,9 +243,110 @@ for (const engine of ENGINES) {
         assert.equal(got.bytes, payload.length);
         assert.equal(got.sha256, sha256(payload));
         assert.equal(echo.connectionCount, before + 1, 'the IPv4 target server received the connection');
-        await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: payload.length, toClient: payload.length });
+        await checkFinalStats(engine, proxy, m, {
+          accepted: 1,
+          toTarget: payload.length,
+          toClient: payload.length,
+        });
       } finally {
         await safeRemove(proxy, m);
+      }
+    });
+
+    test(
+      'stats() during a transfer: counters only grow and never exceed what was sent',
+      { timeout: 40000 },
+      async () => {
+        const m = await addMapping(proxy, echo.port);
+        try {
+          const size = 16 * MiB;
+          const payload = randomPayload(size);
+          let done = false;
+          const transfer = exchange(m.listen.port, V4, payload, { timeout: 30000 }).finally(
+            () => (done = true),
+          );
+          const fields = ['toTarget', 'toClient', 'spliced', 'copied'];
+          let prev;
+          let samples = 0;
+          while (!done) {
+            const st = statsOf(proxy, m);
+            assert.ok(st, 'the mapping is in stats() while it forwards');
+            assert.ok(st.connections.accepted <= 1 && st.connections.active <= 1, show(st.connections));
+            assert.ok(st.bytes.toTarget <= BigInt(size), `toTarget ${st.bytes.toTarget} <= ${size}`);
+            assert.ok(st.bytes.toClient <= BigInt(size), `toClient ${st.bytes.toClient} <= ${size}`);
+            if (prev) {
+              for (const f of fields) assert.ok(st.bytes[f] >= prev.bytes[f], `bytes.${f} never decreases`);
+              assert.ok(st.connections.accepted >= prev.connections.accepted, 'accepted never decreases');
+            }
+            prev = st;
+            samples++;
+            await sleep(1);
+          }
+          const got = await transfer;
+          assert.equal(got.sha256, sha256(payload));
+          assert.ok(samples > 1, 'stats were sampled during the transfer');
+          await checkFinalStats(engine, proxy, m, { accepted: 1, toTarget: size, toClient: size });
+        } finally {
+          await safeRemove(proxy, m);
+        }
+      },
+    );
+
+    test('unref() and ref() return the proxy and do not disturb forwarding', { timeout: 15000 }, async () => {
+      const m = await addMapping(proxy, echo.port);
+      try {
+        assert.equal(proxy.unref(), proxy, 'unref() returns the proxy');
+        const payload = randomPayload(256 * KiB);
+        const got = await exchange(m.listen.port, V4, payload);
+        assert.equal(got.sha256, sha256(payload), 'forwards while unref()ed');
+        const m2 = await addMapping(proxy, echo.port); // add() still works while unref()ed
+        try {
+          await exchange(m2.listen.port, V4, Buffer.from('x'));
+        } finally {
+          await safeRemove(proxy, m2);
+        }
+        assert.equal(proxy.ref(), proxy, 'ref() returns the proxy');
+        const got2 = await exchange(m.listen.port, V4, payload);
+        assert.equal(got2.sha256, sha256(payload), 'forwards after ref()');
+      } finally {
+        proxy.ref();
+        await safeRemove(proxy, m);
+      }
+    });
+
+    test('host names are resolved once when the mapping is added', { timeout: 30000 }, async () => {
+      const dual = await startDualEchoServer();
+      let m;
+      try {
+        m = await withTimeout(
+          proxy.add({
+            proto: 'tcp',
+            listen: { host: 'localhost', port: 0 },
+            target: { host: 'localhost', port: dual.port },
+          }),
+          10000,
+          'add with host names',
+        );
+        assert.ok(
+          [V4, V6].includes(m.listen.host),
+          `listen.host is the resolved address, got ${m.listen.host}`,
+        );
+        assert.ok(
+          [V4, V6].includes(m.target.host),
+          `target.host is the resolved address, got ${m.target.host}`,
+        );
+        assert.equal(m.target.port, dual.port);
+        const st = statsOf(proxy, m);
+        assert.equal(st.listen.host, m.listen.host);
+        assert.equal(st.target.host, m.target.host);
+        const payload = randomPayload(100 * KiB + 1);
+        const got = await exchange(m.listen.port, m.listen.host, payload);
+        assert.equal(got.sha256, sha256(payload));
+        const reached = m.target.host === V4 ? dual.v4 : dual.v6;
+        assert.equal(reached.connectionCount, 1, 'the connection went to the resolved target address');
+      } finally {
+        await safeRemove(proxy, m);
+        await dual.close();
       }
     });
 
@@ -244,6 +371,106 @@ for (const engine of ENGINES) {
         await safeRemove(proxy, b);
       }
     });
+
+    test('backpressure: slow readers on both sides still get every byte', { timeout: 40000 }, async () => {
+      const fromServer = randomPayload(16 * MiB + 1);
+      const fromClient = randomPayload(16 * MiB + 3);
+      let serverResult;
+      const server = await startServer((sock) => {
+        const h = createHash('sha256');
+        let n = 0;
+        sock.pause(); // the target does not read for a while: the proxy must hold the data back
+        setTimeout(() => sock.resume(), 400);
+        sock.on('data', (c) => {
+          h.update(c);
+          n += c.length;
+        });
+        sock.on('end', () => (serverResult = { sha256: h.digest('hex'), bytes: n }));
+        sock.end(fromServer);
+      });
+      const m = await addMapping(proxy, server.port);
+      let client;
+      try {
+        client = await connect(m.listen.port);
+        client.pause(); // nor does the client
+        const got = collect(client);
+        let sincePause = 0;
+        client.on('data', (c) => {
+          sincePause += c.length;
+          if (sincePause >= 2 * MiB) {
+            sincePause = 0;
+            client.pause();
+            setTimeout(() => client.resume(), 50);
+          }
+        });
+        client.end(fromClient);
+        await sleep(400);
+        client.resume();
+        const res = await withTimeout(got, 30000, 'slow client receives everything');
+        assert.equal(res.bytes, fromServer.length);
+        assert.equal(res.sha256, sha256(fromServer));
+        await waitFor(() => serverResult, { timeout: 10000, what: 'slow target receives everything' });
+        assert.equal(serverResult.bytes, fromClient.length);
+        assert.equal(serverResult.sha256, sha256(fromClient));
+        await checkFinalStats(engine, proxy, m, {
+          accepted: 1,
+          toTarget: fromClient.length,
+          toClient: fromServer.length,
+        });
+      } finally {
+        client?.destroy();
+        await safeRemove(proxy, m);
+        await closeServers(server);
+      }
+    });
+
+    test(
+      '50 mappings added concurrently get distinct ids and ports and all forward',
+      { timeout: 30000 },
+      async () => {
+        const N = 50;
+        const settled = await withTimeout(
+          Promise.allSettled(Array.from({ length: N }, () => proxy.add(mappingOptions(echo.port)))),
+          10000,
+          `${N} concurrent add() calls`,
+        );
+        const maps = settled.filter((x) => x.status === 'fulfilled').map((x) => x.value);
+        try {
+          const rejected = settled.filter((x) => x.status === 'rejected');
+          assert.equal(
+            rejected.length,
+            0,
+            `rejected adds: ${rejected.map((x) => x.reason?.message).join('; ')}`,
+          );
+          assert.equal(new Set(maps.map((m) => m.id)).size, N, 'distinct ids');
+          assert.equal(new Set(maps.map((m) => m.listen.port)).size, N, 'distinct ports');
+          const texts = maps.map((_, i) => `mapping number ${i}`);
+          const results = await withTimeout(
+            Promise.all(
+              maps.map((m, i) => exchange(m.listen.port, V4, Buffer.from(texts[i]), { keep: true })),
+            ),
+            15000,
+            'one exchange per mapping',
+          );
+          results.forEach((r, i) => assert.equal(r.data.toString(), texts[i]));
+          for (const [i, m] of maps.entries()) {
+            await checkFinalStats(engine, proxy, m, {
+              accepted: 1,
+              toTarget: texts[i].length,
+              toClient: texts[i].length,
+            });
+          }
+          await withTimeout(
+            Promise.all(maps.map((m) => proxy.remove(m))),
+            10000,
+            `${N} concurrent remove() calls`,
+          );
+          for (const m of maps) await expectRefused(m.listen.port, V4, `port of removed mapping ${m.id}`);
+        } finally {
+          for (const m of maps) await safeRemove(proxy, m);
+        }
+      },
+    );
   });
 
   describe(`threads: 2 [${engine}]`, () => {
@@ -265,7 +492,9 @@ for (const engine of ENGINES) {
       const m = await addMapping(proxy, echo.port);
       try {
         const N = 64;
-        const payloads = Array.from({ length: N }, (_, i) => randomPayload(i % 4 === 0 ? 1 * MiB + i : 4 * KiB + i));
+        const payloads = Array.from({ length: N }, (_, i) =>
+          randomPayload(i % 4 === 0 ? 1 * MiB + i : 4 * KiB + i),
+        );
         const results = await withTimeout(
           Promise.all(payloads.map((p) => exchange(m.listen.port, V4, p, { timeout: 30000 }))),
           40000,
@@ -302,6 +531,53 @@ for (const engine of ENGINES) {
         sb?.destroy();
         await safeRemove(proxy, a);
         await safeRemove(proxy, b);
+      }
+    });
+  });
+
+  describe(`small pipes and a pipe limit (copy fallback) [${engine}]`, () => {
+    let proxy;
+
+    before(() => {
+      // At most one pipe per thread: concurrent transfers beyond it are copied through user space.
+      proxy = createProxy({ engine, threads: 1, pipeSize: 4096, maxPipes: 1 });
+    });
+
+    after(async () => {
+      await safeClose(proxy);
+    });
+
+    test('concurrent transfers stay byte-exact and fully accounted', { timeout: 60000 }, async () => {
+      const N = 8;
+      const size = 2 * MiB + 5;
+      const fromServer = randomPayload(size);
+      const server = await startStreamServer(fromServer);
+      const m = await addMapping(proxy, server.port);
+      try {
+        const fromClients = Array.from({ length: N }, () => randomPayload(size));
+        const results = await withTimeout(
+          Promise.all(fromClients.map((p) => exchange(m.listen.port, V4, p, { timeout: 30000 }))),
+          40000,
+          `${N} concurrent transfers`,
+        );
+        for (const r of results) assert.equal(r.sha256, sha256(fromServer), 'client received byte-exact');
+        await waitFor(() => server.results.length === N, { timeout: 10000, what: 'target saw every FIN' });
+        const expected = new Set(fromClients.map((p) => sha256(p)));
+        for (const r of server.results) {
+          assert.equal(r.bytes, size);
+          assert.ok(expected.has(r.sha256), 'target received one client payload byte-exact');
+        }
+        const st = await checkFinalStats(engine, proxy, m, {
+          accepted: N,
+          toTarget: N * size,
+          toClient: N * size,
+        });
+        if (engine === 'splice') {
+          assert.ok(st.bytes.copied > 0n, `transfers beyond maxPipes were copied (${show(st.bytes)})`);
+        }
+      } finally {
+        await safeRemove(proxy, m);
+        await closeServers(server);
       }
     });
   });

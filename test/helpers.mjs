@@ -85,7 +85,10 @@ export function show(value) {
  * Every socket gets an error listener (errors are recorded in `errors`), so a reset never
  * becomes an uncaught exception. `close()` destroys all sockets and is bounded.
  */
-export async function startServer(onConnection, { host = V4, allowHalfOpen = true } = {}) {
+export async function startServer(
+  onConnection,
+  { host = V4, port: wantPort = 0, allowHalfOpen = true } = {},
+) {
   const sockets = new Set();
   const errors = [];
   let count = 0;
@@ -103,7 +106,7 @@ export async function startServer(onConnection, { host = V4, allowHalfOpen = tru
   await withTimeout(
     new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen({ host, port: 0, backlog: 4096 }, () => {
+      server.listen({ host, port: wantPort, backlog: 4096 }, () => {
         server.off('error', reject);
         resolve();
       });
@@ -123,9 +126,11 @@ export async function startServer(onConnection, { host = V4, allowHalfOpen = tru
     },
     async close() {
       for (const s of sockets) s.destroy();
-      await withTimeout(new Promise((resolve) => server.close(() => resolve())), 5000, `close server ${host}:${port}`).catch(
-        () => {},
-      );
+      await withTimeout(
+        new Promise((resolve) => server.close(() => resolve())),
+        5000,
+        `close server ${host}:${port}`,
+      ).catch(() => {});
     },
   };
 }
@@ -133,6 +138,23 @@ export async function startServer(onConnection, { host = V4, allowHalfOpen = tru
 /** A server that echoes everything it receives and forwards the FIN after the last byte. */
 export function startEchoServer(opts) {
   return startServer((socket) => socket.pipe(socket), opts);
+}
+
+/**
+ * Echo servers on 127.0.0.1 and ::1 sharing one port (so that a name like `localhost` reaches an
+ * echo server whichever address it resolves to). Returns { port, v4, v6, close() }.
+ */
+export async function startDualEchoServer() {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const v4 = await startEchoServer({ host: V4 });
+    try {
+      const v6 = await startEchoServer({ host: V6, port: v4.port });
+      return { port: v4.port, v4, v6, close: () => closeServers(v4, v6) };
+    } catch {
+      await v4.close();
+    }
+  }
+  throw new Error('could not find a port free on both 127.0.0.1 and ::1');
 }
 
 /**
@@ -281,7 +303,11 @@ export async function exchange(port, host, payload, { timeout = 10000, keep = fa
   try {
     const received = collect(socket, { keep });
     socket.end(payload);
-    const result = await withTimeout(received, timeout, `exchange of ${payload.length} bytes via ${host}:${port}`);
+    const result = await withTimeout(
+      received,
+      timeout,
+      `exchange of ${payload.length} bytes via ${host}:${port}`,
+    );
     await waitClose(socket, timeout, 'close after exchange');
     return result;
   } finally {
@@ -297,7 +323,9 @@ export async function openConnections(n, port, host = V4, { timeout = 10000 } = 
   const failed = settled.filter((s) => s.status === 'rejected');
   if (failed.length) {
     for (const s of settled) if (s.status === 'fulfilled') s.value.destroy();
-    throw new Error(`${failed.length}/${n} connections to ${host}:${port} failed; first: ${failed[0].reason?.message}`);
+    throw new Error(
+      `${failed.length}/${n} connections to ${host}:${port} failed; first: ${failed[0].reason?.message}`,
+    );
   }
   return settled.map((s) => s.value);
 }
@@ -364,8 +392,16 @@ export function pingEcho(socket, payload = Buffer.from('ping\n'), timeout = 5000
 // ---------------------------------------------------------------------------------------------
 
 /** Options for a tcp mapping from listenHost:0 to targetHost:targetPort. */
-export function mappingOptions(targetPort, { listenHost = V4, targetHost = V4, listenPort = 0, ...rest } = {}) {
-  return { proto: 'tcp', listen: { host: listenHost, port: listenPort }, target: { host: targetHost, port: targetPort }, ...rest };
+export function mappingOptions(
+  targetPort,
+  { listenHost = V4, targetHost = V4, listenPort = 0, ...rest } = {},
+) {
+  return {
+    proto: 'tcp',
+    listen: { host: listenHost, port: listenPort },
+    target: { host: targetHost, port: targetPort },
+    ...rest,
+  };
 }
 
 /** Add a mapping, bounded. */
@@ -419,6 +455,10 @@ export async function closeServers(...servers) {
 export function checkByteInvariants(assert, engine, st) {
   const { toTarget, toClient, spliced, copied } = st.bytes;
   for (const [k, v] of Object.entries(st.bytes)) assert.equal(typeof v, 'bigint', `bytes.${k} is a bigint`);
-  assert.equal(spliced + copied, toTarget + toClient, `spliced + copied === toTarget + toClient (${show(st.bytes)})`);
+  assert.equal(
+    spliced + copied,
+    toTarget + toClient,
+    `spliced + copied === toTarget + toClient (${show(st.bytes)})`,
+  );
   if (engine === 'stream') assert.equal(spliced, 0n, 'stream engine never splices');
 }

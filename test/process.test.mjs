@@ -74,12 +74,15 @@ const { parentPort, workerData } = require('node:worker_threads');
 
 /** Start a worker running WORKER_CODE; returns { worker, next(type), exited }. */
 function startProxyWorker(engine, targetPort) {
-  const worker = new Worker(WORKER_CODE, { eval: true, workerData: { dist: DIST_URL, engine, target: targetPort } });
+  const worker = new Worker(WORKER_CODE, {
+    eval: true,
+    workerData: { dist: DIST_URL, engine, target: targetPort },
+  });
   const inbox = [];
   const waiters = [];
   let failure;
   const deliver = () => {
-    for (let i = 0; i < waiters.length; ) {
+    for (let i = 0; i < waiters.length;) {
       const w = waiters[i];
       const idx = inbox.findIndex((msg) => msg.type === w.type);
       if (idx >= 0) {
@@ -141,7 +144,9 @@ console.log('READY ' + m.listen.port);
 
 /** Spawn `node --input-type=module -e script`; returns { child, exited, ready() }. */
 function spawnChild(script) {
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
@@ -154,11 +159,16 @@ function spawnChild(script) {
       return stderr;
     },
     async ready(timeout = 10000) {
-      const found = await waitFor(() => /READY (\d+)/.exec(stdout) ?? (child.exitCode !== null || child.signalCode !== null ? 'exited' : null), {
-        timeout,
-        what: 'child prints READY',
-        describe: () => `stdout=${JSON.stringify(stdout)} stderr=${JSON.stringify(stderr)}`,
-      });
+      const found = await waitFor(
+        () =>
+          /READY (\d+)/.exec(stdout) ??
+          (child.exitCode !== null || child.signalCode !== null ? 'exited' : null),
+        {
+          timeout,
+          what: 'child prints READY',
+          describe: () => `stdout=${JSON.stringify(stdout)} stderr=${JSON.stringify(stderr)}`,
+        },
+      );
       if (found === 'exited') {
         throw new Error(`child exited (code ${child.exitCode}) before READY; stderr: ${stderr}`);
       }
@@ -185,104 +195,124 @@ for (const engine of ENGINES) {
       await closeServers(echo);
     });
 
-    test('a proxy inside a worker forwards, closes, and the worker exits on its own', { timeout: 30000 }, async () => {
-      const w = startProxyWorker(engine, echo.port);
-      try {
-        const { port } = await w.next('ready');
-        const payload = randomPayload(1 * MiB + 9);
-        const got = await exchange(port, V4, payload);
-        assert.equal(got.sha256, sha256(payload), 'forwarded byte-exact by the worker proxy');
-        await waitFor(
-          async () => {
-            w.worker.postMessage('stats');
-            const s = await w.next('stats');
-            return s.active === 0 ? s : null;
-          },
-          { timeout: 5000, what: 'worker proxy idle' },
-        ).then((s) => {
-          assert.equal(s.accepted, 1);
-          assert.equal(s.toTarget, String(payload.length));
-          assert.equal(s.toClient, String(payload.length));
-        });
-        w.worker.postMessage('close');
-        await w.next('closed', 5000);
-        const code = await withTimeout(w.exited, 5000, 'worker exits after proxy.close() (nothing may keep it alive)');
-        assert.equal(code, 0);
-        await expectRefused(port, V4, 'worker proxy port after close');
-      } finally {
-        await withTimeout(w.worker.terminate(), 5000, 'terminate').catch(() => {});
-      }
-    });
-
-    test('a worker that exits without closing its proxy leaves the main thread healthy', { timeout: 30000 }, async () => {
-      const mine = await addMapping(proxy, echo.port);
-      const w = startProxyWorker(engine, echo.port);
-      let live;
-      try {
-        const { port } = await w.next('ready');
-        live = await connect(port);
-        await pingEcho(live); // a connection is open through the worker's proxy when it dies
-        w.worker.postMessage('exit');
-        const code = await withTimeout(w.exited, 5000, 'worker exit with a live proxy');
-        assert.equal(code, 0);
-
-        // The main thread and its own proxy carry on.
-        const payload = randomPayload(4 * MiB + 1);
-        const got = await exchange(mine.listen.port, V4, payload, { timeout: 15000 });
-        assert.equal(got.sha256, sha256(payload), 'main proxy still forwards byte-exact');
-        const st = await waitIdle(proxy, mine);
-        assert.equal(st.connections.accepted, 1);
-        assert.equal(st.bytes.toTarget, BigInt(payload.length));
-
-        // And the library can be loaded and used again in a fresh worker.
-        const w2 = startProxyWorker(engine, echo.port);
+    test(
+      'a proxy inside a worker forwards, closes, and the worker exits on its own',
+      { timeout: 30000 },
+      async () => {
+        const w = startProxyWorker(engine, echo.port);
         try {
-          const { port: port2 } = await w2.next('ready');
-          const again = await exchange(port2, V4, Buffer.from('second worker'), { keep: true });
-          assert.equal(again.data.toString(), 'second worker');
-          w2.worker.postMessage('close');
-          await w2.next('closed', 5000);
-          assert.equal(await withTimeout(w2.exited, 5000, 'second worker exits'), 0);
+          const { port } = await w.next('ready');
+          const payload = randomPayload(1 * MiB + 9);
+          const got = await exchange(port, V4, payload);
+          assert.equal(got.sha256, sha256(payload), 'forwarded byte-exact by the worker proxy');
+          await waitFor(
+            async () => {
+              w.worker.postMessage('stats');
+              const s = await w.next('stats');
+              return s.active === 0 ? s : null;
+            },
+            { timeout: 5000, what: 'worker proxy idle' },
+          ).then((s) => {
+            assert.equal(s.accepted, 1);
+            assert.equal(s.toTarget, String(payload.length));
+            assert.equal(s.toClient, String(payload.length));
+          });
+          w.worker.postMessage('close');
+          await w.next('closed', 5000);
+          const code = await withTimeout(
+            w.exited,
+            5000,
+            'worker exits after proxy.close() (nothing may keep it alive)',
+          );
+          assert.equal(code, 0);
+          await expectRefused(port, V4, 'worker proxy port after close');
         } finally {
-          await withTimeout(w2.worker.terminate(), 5000, 'terminate').catch(() => {});
+          await withTimeout(w.worker.terminate(), 5000, 'terminate').catch(() => {});
         }
-      } finally {
-        live?.destroy();
-        await withTimeout(w.worker.terminate(), 5000, 'terminate').catch(() => {});
-        await safeRemove(proxy, mine);
-      }
-    });
+      },
+    );
 
-    test('a terminated worker releases its listening socket and connections', { timeout: 30000 }, async () => {
-      const w = startProxyWorker(engine, echo.port);
-      let live;
-      try {
-        const { port } = await w.next('ready');
-        live = await connect(port);
-        await pingEcho(live);
-        await withTimeout(w.worker.terminate(), 5000, 'worker.terminate() with a live proxy');
-        await waitPeerClosed(live, 3000, 'the live connection through the terminated worker is closed');
-        await waitFor(
-          () =>
-            expectRefused(port, V4).then(
-              () => true,
-              () => false,
-            ),
-          { timeout: 3000, interval: 100, what: `port ${port} of the terminated worker's proxy refuses connections` },
-        );
-        // The main proxy is unaffected.
+    test(
+      'a worker that exits without closing its proxy leaves the main thread healthy',
+      { timeout: 30000 },
+      async () => {
         const mine = await addMapping(proxy, echo.port);
+        const w = startProxyWorker(engine, echo.port);
+        let live;
         try {
-          const got = await exchange(mine.listen.port, V4, Buffer.from('main ok'), { keep: true });
-          assert.equal(got.data.toString(), 'main ok');
+          const { port } = await w.next('ready');
+          live = await connect(port);
+          await pingEcho(live); // a connection is open through the worker's proxy when it dies
+          w.worker.postMessage('exit');
+          const code = await withTimeout(w.exited, 5000, 'worker exit with a live proxy');
+          assert.equal(code, 0);
+
+          // The main thread and its own proxy carry on.
+          const payload = randomPayload(4 * MiB + 1);
+          const got = await exchange(mine.listen.port, V4, payload, { timeout: 15000 });
+          assert.equal(got.sha256, sha256(payload), 'main proxy still forwards byte-exact');
+          const st = await waitIdle(proxy, mine);
+          assert.equal(st.connections.accepted, 1);
+          assert.equal(st.bytes.toTarget, BigInt(payload.length));
+
+          // And the library can be loaded and used again in a fresh worker.
+          const w2 = startProxyWorker(engine, echo.port);
+          try {
+            const { port: port2 } = await w2.next('ready');
+            const again = await exchange(port2, V4, Buffer.from('second worker'), { keep: true });
+            assert.equal(again.data.toString(), 'second worker');
+            w2.worker.postMessage('close');
+            await w2.next('closed', 5000);
+            assert.equal(await withTimeout(w2.exited, 5000, 'second worker exits'), 0);
+          } finally {
+            await withTimeout(w2.worker.terminate(), 5000, 'terminate').catch(() => {});
+          }
         } finally {
+          live?.destroy();
+          await withTimeout(w.worker.terminate(), 5000, 'terminate').catch(() => {});
           await safeRemove(proxy, mine);
         }
-      } finally {
-        live?.destroy();
-        await withTimeout(w.worker.terminate(), 5000, 'terminate').catch(() => {});
-      }
-    });
+      },
+    );
+
+    test(
+      'a terminated worker releases its listening socket and connections',
+      { timeout: 30000 },
+      async () => {
+        const w = startProxyWorker(engine, echo.port);
+        let live;
+        try {
+          const { port } = await w.next('ready');
+          live = await connect(port);
+          await pingEcho(live);
+          await withTimeout(w.worker.terminate(), 5000, 'worker.terminate() with a live proxy');
+          await waitPeerClosed(live, 3000, 'the live connection through the terminated worker is closed');
+          await waitFor(
+            () =>
+              expectRefused(port, V4).then(
+                () => true,
+                () => false,
+              ),
+            {
+              timeout: 3000,
+              interval: 100,
+              what: `port ${port} of the terminated worker's proxy refuses connections`,
+            },
+          );
+          // The main proxy is unaffected.
+          const mine = await addMapping(proxy, echo.port);
+          try {
+            const got = await exchange(mine.listen.port, V4, Buffer.from('main ok'), { keep: true });
+            assert.equal(got.data.toString(), 'main ok');
+          } finally {
+            await safeRemove(proxy, mine);
+          }
+        } finally {
+          live?.destroy();
+          await withTimeout(w.worker.terminate(), 5000, 'terminate').catch(() => {});
+        }
+      },
+    );
   });
 
   describe(`child processes [${engine}]`, () => {
@@ -296,17 +326,21 @@ for (const engine of ENGINES) {
       await closeServers(echo);
     });
 
-    test('unref(): a process with only a mapping exits by itself with code 0', { timeout: 20000 }, async () => {
-      const c = spawnChild(childScript(engine, echo.port, 'proxy.unref();'));
-      try {
-        const result = await withTimeout(c.exited, 8000, 'unref()ed child exits by itself');
-        assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
-        await c.ready(1000); // it really got as far as add() + unref()
-      } finally {
-        c.kill();
-        await withTimeout(c.exited, 5000, 'child exit').catch(() => {});
-      }
-    });
+    test(
+      'unref(): a process with only a mapping exits by itself with code 0',
+      { timeout: 20000 },
+      async () => {
+        const c = spawnChild(childScript(engine, echo.port, 'proxy.unref();'));
+        try {
+          const result = await withTimeout(c.exited, 5000, 'unref()ed child exits by itself');
+          assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
+          await c.ready(1000); // it really got as far as add() + unref()
+        } finally {
+          c.kill();
+          await withTimeout(c.exited, 5000, 'child exit').catch(() => {});
+        }
+      },
+    );
 
     test('without unref(): the process stays alive and serves', { timeout: 20000 }, async () => {
       const c = spawnChild(childScript(engine, echo.port, ''));
@@ -336,11 +370,48 @@ for (const engine of ENGINES) {
       }
     });
 
-    test('close(): a process that closes its proxy exits by itself with code 0', { timeout: 20000 }, async () => {
-      const c = spawnChild(childScript(engine, echo.port, 'await proxy.close();'));
+    test(
+      'close(): a process that closes its proxy exits by itself with code 0',
+      { timeout: 20000 },
+      async () => {
+        const c = spawnChild(childScript(engine, echo.port, 'await proxy.close();'));
+        try {
+          const result = await withTimeout(c.exited, 8000, 'child exits after close()');
+          assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
+        } finally {
+          c.kill();
+          await withTimeout(c.exited, 5000, 'child exit').catch(() => {});
+        }
+      },
+    );
+
+    test(
+      'remove() of its only mapping: the process exits by itself with code 0',
+      { timeout: 20000 },
+      async () => {
+        const c = spawnChild(childScript(engine, echo.port, 'await proxy.remove(m);'));
+        try {
+          const result = await withTimeout(c.exited, 5000, 'child exits once no mapping is left');
+          assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
+          await c.ready(1000);
+        } finally {
+          c.kill();
+          await withTimeout(c.exited, 5000, 'child exit').catch(() => {});
+        }
+      },
+    );
+
+    test('a proxy without mappings does not keep the process alive', { timeout: 20000 }, async () => {
+      const script = `
+import { createProxy } from ${JSON.stringify(DIST_URL)};
+const proxy = createProxy({ engine: ${JSON.stringify(engine)} });
+console.log('READY 0 ' + proxy.engine);
+`;
+      const c = spawnChild(script);
       try {
-        const result = await withTimeout(c.exited, 8000, 'child exits after close()');
+        const result = await withTimeout(c.exited, 5000, 'child with an idle proxy exits by itself');
         assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
+        await c.ready(1000);
       } finally {
         c.kill();
         await withTimeout(c.exited, 5000, 'child exit').catch(() => {});
