@@ -20,7 +20,9 @@ export interface ProxyOptions {
   threads?: number;
   /**
    * Splice engine: capacity asked for each pipe with F_SETPIPE_SZ, in bytes (4096 to
-   * 1048576, default: the kernel's 65536). Larger pipes move more per system call.
+   * 1048576). Larger pipes move more per system call. The default is 1 MiB for root, which
+   * `fs.pipe-user-pages-soft` does not limit, and otherwise the kernel's 64 KiB, so that
+   * the proxy does not use up the per-user pipe budget of the user's other programs.
    */
   pipeSize?: number;
   /**

@@ -8,6 +8,18 @@
 
 namespace ps {
 
+namespace {
+
+// Go's size for its splice pipes: large enough that one call moves what a socket buffers.
+constexpr size_t kPrivilegedPipeSize = 1 << 20;
+
+}  // namespace
+
+PipePool::PipePool(size_t pipe_size, size_t max_in_use, size_t max_idle)
+    : pipe_size_(pipe_size), max_in_use_(max_in_use), max_idle_(max_idle) {
+  if (pipe_size_ == 0 && geteuid() == 0) pipe_size_ = kPrivilegedPipeSize;
+}
+
 int PipePool::acquire(Pipe* out) {
   if (max_in_use_ != 0 && in_use_ >= max_in_use_) return -ENOSPC;
   if (!idle_.empty()) {

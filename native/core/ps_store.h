@@ -23,10 +23,11 @@ struct Pipe {
 
 class PipePool {
  public:
-  // `pipe_size`: the capacity asked for with F_SETPIPE_SZ (0 keeps the kernel default).
+  // `pipe_size`: the capacity asked for with F_SETPIPE_SZ; 0 chooses: 1 MiB for a
+  // privileged process, which fs.pipe-user-pages-soft does not limit, else the
+  // kernel's default, so as not to eat the per-user pipe budget of other programs.
   // `max_in_use`: pipes handed out at once before acquire() refuses (0: no limit).
-  PipePool(size_t pipe_size, size_t max_in_use, size_t max_idle)
-      : pipe_size_(pipe_size), max_in_use_(max_in_use), max_idle_(max_idle) {}
+  PipePool(size_t pipe_size, size_t max_in_use, size_t max_idle);
 
   // Hands out an empty pipe. Returns 0, or a negative errno (-EMFILE, -ENFILE, or
   // -ENOSPC when max_in_use is reached) after which the caller copies instead.
