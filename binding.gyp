@@ -8,6 +8,7 @@
       "native/core/ps_mapping.cc",
       "native/core/ps_store.cc",
       "native/core/ps_tcp_session.cc",
+      "native/core/ps_udp.cc",
       "native/core/ps_worker.cc"
     ]
   },

@@ -6,23 +6,30 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+/** A mapping as the native engine takes it: validated, with address literals only. */
+export interface NativeMappingSpec {
+  proto: 'tcp' | 'udp';
+  listenHost: string;
+  listenPort: number;
+  targetHost: string;
+  targetPort: number;
+  backlog: number;
+  connectTimeoutMs: number;
+  ipv6Only: boolean;
+  udpTimeoutMs: number;
+  udpMaxFlows: number;
+}
+
 /** One native proxy: an engine with its own epoll threads. */
 export interface NativeProxy {
   /**
-   * Binds and listens synchronously (throws an Error with `code`, `errno` and `syscall` on
-   * failure), then hands the socket to the engine threads; `onComplete(requestId, 0)` follows
-   * once every thread serves it.
+   * Binds (and listens) synchronously, throwing an Error with `code`, `errno` and `syscall`
+   * on failure, then hands the socket to the engine threads; `onComplete(requestId, 0)`
+   * follows once they serve it.
    */
-  addTcp(
-    requestId: number,
-    listenHost: string,
-    listenPort: number,
-    targetHost: string,
-    targetPort: number,
-    backlog: number,
-    connectTimeoutMs: number,
-    ipv6Only: boolean,
-  ): { id: number; port: number };
+  add(requestId: number, spec: NativeMappingSpec): { id: number; port: number };
+  /** Closes a mapping's listening socket and lets its connections go on (a drain). */
+  stopListening(requestId: number, mappingId: number): void;
   /** Stops a mapping; `onComplete(requestId, 0)` follows once its sockets are all closed. */
   remove(requestId: number, mappingId: number): void;
   /** Stops every thread; resolves once they have been joined and every fd is closed. */

@@ -9,9 +9,11 @@ import type { EngineName, Proto } from './types.js';
 export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
 export const DEFAULT_BACKLOG = 4096;
 export const MAX_THREADS = 64;
+export const DEFAULT_UDP_TIMEOUT_MS = 90_000;
+export const DEFAULT_UDP_MAX_FLOWS = 4096;
 
 const ENGINES: readonly EngineName[] = ['splice', 'stream'];
-const PROTOS: readonly Proto[] = ['tcp'];
+const PROTOS: readonly Proto[] = ['tcp', 'udp'];
 
 /** Options after validation, with every default filled in and every host an address literal. */
 export interface ResolvedMapping {
@@ -21,6 +23,8 @@ export interface ResolvedMapping {
   connectTimeoutMs: number;
   backlog: number;
   ipv6Only: boolean;
+  udpTimeoutMs: number;
+  udpMaxFlows: number;
 }
 
 export interface ResolvedProxyOptions {
@@ -120,10 +124,29 @@ export function validateProxyOptions(options: unknown, defaultEngine: EngineName
   };
 }
 
+/** Returns the drain timeout of `close()`'s options, in milliseconds. */
+export function validateCloseOptions(options: unknown): number {
+  if (options === undefined) return 0;
+  const o = checkObject(options, 'options');
+  checkKeys(o, 'options', ['drainTimeoutMs']);
+  return o.drainTimeoutMs === undefined
+    ? 0
+    : checkInteger(o.drainTimeoutMs, 'drainTimeoutMs', 0, 2 ** 31 - 1);
+}
+
 /** Synchronous checks of a mapping's options; host names are resolved by `resolveMapping`. */
 export function validateMapping(options: unknown): ResolvedMapping {
   const o = checkObject(options, 'mapping');
-  checkKeys(o, 'mapping', ['proto', 'listen', 'target', 'connectTimeoutMs', 'backlog', 'ipv6Only']);
+  checkKeys(o, 'mapping', [
+    'proto',
+    'listen',
+    'target',
+    'connectTimeoutMs',
+    'backlog',
+    'ipv6Only',
+    'udpTimeoutMs',
+    'udpMaxFlows',
+  ]);
   const proto = checkChoice(o.proto, 'proto', PROTOS);
   if (o.listen === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'listen is required');
   const listen = checkObject(o.listen, 'listen');
@@ -151,6 +174,14 @@ export function validateMapping(options: unknown): ResolvedMapping {
         : checkInteger(o.connectTimeoutMs, 'connectTimeoutMs', 1, 2 ** 31 - 1),
     backlog: o.backlog === undefined ? DEFAULT_BACKLOG : checkInteger(o.backlog, 'backlog', 1, 65535),
     ipv6Only: o.ipv6Only === true,
+    udpTimeoutMs:
+      o.udpTimeoutMs === undefined
+        ? DEFAULT_UDP_TIMEOUT_MS
+        : checkInteger(o.udpTimeoutMs, 'udpTimeoutMs', 1, 2 ** 31 - 1),
+    udpMaxFlows:
+      o.udpMaxFlows === undefined
+        ? DEFAULT_UDP_MAX_FLOWS
+        : checkInteger(o.udpMaxFlows, 'udpMaxFlows', 1, 2 ** 20),
   };
 }
 

@@ -2,11 +2,24 @@
  * The engine-independent proxy: validates options, keeps mapping metadata, decides when the
  * engine's handles keep the event loop alive, and shapes the stats snapshot.
  */
-import type { Backend } from './backend.js';
-import { resolveMapping, validateProxyOptions } from './config.js';
+import type { Backend, RawCounters } from './backend.js';
+import { resolveMapping, validateCloseOptions, validateProxyOptions } from './config.js';
 import { SpliceBackend } from './splice-engine.js';
 import { StreamBackend } from './stream-engine.js';
-import type { EngineName, Mapping, MappingOptions, Proxy, ProxyOptions, ProxyStats } from './types.js';
+import type {
+  CloseOptions,
+  EngineName,
+  Mapping,
+  MappingOptions,
+  MappingStats,
+  Proxy,
+  ProxyOptions,
+  ProxyStats,
+} from './types.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** How often a drain looks at the connection counts. */
+const DRAIN_POLL_MS = 20;
 
 /** Open proxies stay reachable until closed, as a listening net.Server does. */
 const openProxies = new Set<PortspliceProxy>();
@@ -91,28 +104,38 @@ class PortspliceProxy implements Proxy {
     await this.#track(() => this.#backend.remove(id));
   }
 
-  close(): Promise<void> {
+  close(options?: CloseOptions): Promise<void> {
     if (this.#closing === undefined) {
-      this.#mappings.clear();
-      this.#closing = this.#backend.close().finally(() => openProxies.delete(this));
+      const drainTimeoutMs = validateCloseOptions(options);
+      this.#closing = this.#drain(drainTimeoutMs)
+        .then(() => {
+          this.#mappings.clear();
+          return this.#backend.close();
+        })
+        .finally(() => openProxies.delete(this));
     }
     return this.#closing;
   }
 
+  /** Closes the listeners and waits, up to the timeout, for open connections to end. */
+  async #drain(timeoutMs: number): Promise<void> {
+    if (timeoutMs === 0 || this.#mappings.size === 0) return;
+    await Promise.all([...this.#mappings.keys()].map((id) => this.#backend.stopListening(id)));
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      let active = 0;
+      for (const c of this.#backend.counters().values()) active += c.active;
+      if (active === 0) return;
+      await sleep(Math.min(DRAIN_POLL_MS, Math.max(1, deadline - Date.now())));
+    }
+  }
+
   stats(): ProxyStats {
     const counters = this.#backend.counters();
-    const mappings = [];
+    const mappings: MappingStats[] = [];
     for (const [id, m] of this.#mappings) {
       const c = counters.get(id);
-      if (!c) continue;
-      mappings.push({
-        id,
-        proto: m.proto,
-        listen: { ...m.listen },
-        target: { ...m.target },
-        connections: { accepted: c.accepted, active: c.active, failed: c.failed },
-        bytes: { toTarget: c.toTarget, toClient: c.toClient, spliced: c.spliced, copied: c.copied },
-      });
+      if (c) mappings.push(shapeStats(m, c));
     }
     return { engine: this.engine, mappings };
   }
@@ -128,6 +151,46 @@ class PortspliceProxy implements Proxy {
     this.#updateRef();
     return this;
   }
+}
+
+function shapeStats(m: Mapping, c: RawCounters): MappingStats {
+  const common = {
+    id: m.id,
+    listen: { ...m.listen },
+    target: { ...m.target },
+  };
+  const bytes = { toTarget: c.toTarget, toClient: c.toClient, spliced: c.spliced, copied: c.copied };
+  if (m.proto === 'tcp') {
+    return {
+      ...common,
+      proto: 'tcp',
+      connections: { accepted: c.accepted, active: c.active, failed: c.failed },
+      bytes,
+    };
+  }
+  const dropped = {
+    noFlow: c.droppedNoFlow,
+    queueFull: c.droppedQueueFull,
+    refused: c.droppedRefused,
+    truncated: c.droppedTruncated,
+    other: c.droppedOther,
+  };
+  return {
+    ...common,
+    proto: 'udp',
+    flows: {
+      active: c.flowsActive,
+      created: c.flowsCreated,
+      expired: c.flowsExpired,
+      evicted: c.flowsEvicted,
+    },
+    datagrams: { toTarget: c.datagramsToTarget, toClient: c.datagramsToClient },
+    dropped: {
+      total: dropped.noFlow + dropped.queueFull + dropped.refused + dropped.truncated + dropped.other,
+      ...dropped,
+    },
+    bytes,
+  };
 }
 
 /** Creates a proxy. Throws a TypeError or RangeError naming the field for bad options. */

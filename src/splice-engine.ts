@@ -2,7 +2,7 @@
  * The splice engine: a thin adapter over the native addon. JavaScript sends commands and
  * reads counter snapshots; the bytes never cross into JavaScript.
  */
-import type { Backend, RawCounters } from './backend.js';
+import { BYTE_COUNTERS, newCounters, type Backend, type RawCounters } from './backend.js';
 import { loadBinding, type NativeProxy } from './binding.js';
 import type { ResolvedMapping, ResolvedProxyOptions } from './config.js';
 
@@ -50,18 +50,24 @@ export class SpliceBackend implements Backend {
   async add(spec: ResolvedMapping): Promise<{ id: number; port: number }> {
     let result = { id: 0, port: 0 };
     await this.#request((requestId) => {
-      result = this.#native.addTcp(
-        requestId,
-        spec.listen.host,
-        spec.listen.port,
-        spec.target.host,
-        spec.target.port,
-        spec.backlog,
-        spec.connectTimeoutMs,
-        spec.ipv6Only,
-      );
+      result = this.#native.add(requestId, {
+        proto: spec.proto,
+        listenHost: spec.listen.host,
+        listenPort: spec.listen.port,
+        targetHost: spec.target.host,
+        targetPort: spec.target.port,
+        backlog: spec.backlog,
+        connectTimeoutMs: spec.connectTimeoutMs,
+        ipv6Only: spec.ipv6Only,
+        udpTimeoutMs: spec.udpTimeoutMs,
+        udpMaxFlows: spec.udpMaxFlows,
+      });
     });
     return result;
+  }
+
+  stopListening(id: number): Promise<void> {
+    return this.#request((requestId) => this.#native.stopListening(requestId, id));
   }
 
   remove(id: number): Promise<void> {
@@ -77,17 +83,15 @@ export class SpliceBackend implements Backend {
     const width = this.#fields.length;
     const snapshot = new Map<number, RawCounters>();
     for (let row = 0; row + width <= raw.length; row += width) {
-      const values: Record<string, bigint> = {};
-      for (let i = 0; i < width; i++) values[this.#fields[i]!] = raw[row + i]!;
-      snapshot.set(Number(values.id), {
-        accepted: Number(values.accepted),
-        active: Number(values.active),
-        failed: Number(values.failed),
-        toTarget: values.toTarget!,
-        toClient: values.toClient!,
-        spliced: values.spliced!,
-        copied: values.copied!,
-      });
+      const counters = newCounters() as unknown as Record<string, number | bigint>;
+      let id = 0;
+      for (let i = 0; i < width; i++) {
+        const field = this.#fields[i]!;
+        const value = raw[row + i]!;
+        if (field === 'id') id = Number(value);
+        else if (field in counters) counters[field] = BYTE_COUNTERS.has(field) ? value : Number(value);
+      }
+      snapshot.set(id, counters as unknown as RawCounters);
     }
     return snapshot;
   }

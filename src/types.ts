@@ -7,7 +7,7 @@
 export type EngineName = 'splice' | 'stream';
 
 /** Transport protocol of a mapping. */
-export type Proto = 'tcp';
+export type Proto = 'tcp' | 'udp';
 
 export interface ProxyOptions {
   /**
@@ -51,6 +51,22 @@ export interface MappingOptions {
   backlog?: number;
   /** For an IPv6 listen address: refuse IPv4-mapped connections (default false, as in `net`). */
   ipv6Only?: boolean;
+  /**
+   * UDP: a flow (one client address and port) expires when its target has not replied for
+   * this many milliseconds (default 90000, docker-proxy's value). A client that keeps
+   * sending without ever getting a reply does not keep its flow alive.
+   */
+  udpTimeoutMs?: number;
+  /** UDP: flows kept at once per mapping; beyond it the least recently used one is evicted (default 4096). */
+  udpMaxFlows?: number;
+}
+
+export interface CloseOptions {
+  /**
+   * Stop accepting at once, but let open connections finish for up to this many
+   * milliseconds before the rest are reset (default 0: reset at once).
+   */
+  drainTimeoutMs?: number;
 }
 
 /** A mapping that is listening. Pass it (or its id) to `proxy.remove()`. */
@@ -88,14 +104,61 @@ export interface ByteCounters {
   copied: bigint;
 }
 
-export interface MappingStats {
+export interface TcpMappingStats {
   id: number;
-  proto: Proto;
+  proto: 'tcp';
   listen: Endpoint;
   target: Endpoint;
   connections: ConnectionCounters;
   bytes: ByteCounters;
 }
+
+export interface FlowCounters {
+  /** Flows open now. */
+  active: number;
+  /** Flows created since the mapping was added. */
+  created: number;
+  /** Flows closed because the target stayed silent for `udpTimeoutMs`. */
+  expired: number;
+  /** Flows closed to make room under `udpMaxFlows`. */
+  evicted: number;
+}
+
+export interface DatagramCounters {
+  /** Datagrams sent to the target. */
+  toTarget: number;
+  /** Datagrams sent back to clients. */
+  toClient: number;
+}
+
+/** Datagrams that were not forwarded, by reason. */
+export interface DropCounters {
+  total: number;
+  /** No flow socket could be opened (file descriptors exhausted). */
+  noFlow: number;
+  /** The kernel's send queue was full (EAGAIN, ENOBUFS). */
+  queueFull: number;
+  /** The target's port is closed (ICMP port unreachable, ECONNREFUSED). */
+  refused: number;
+  /** Larger than the receive buffer (cannot happen below 65,535 bytes). */
+  truncated: number;
+  /** Any other send error. */
+  other: number;
+}
+
+export interface UdpMappingStats {
+  id: number;
+  proto: 'udp';
+  listen: Endpoint;
+  target: Endpoint;
+  flows: FlowCounters;
+  datagrams: DatagramCounters;
+  dropped: DropCounters;
+  /** Payload bytes; `spliced` is always 0n for UDP. */
+  bytes: ByteCounters;
+}
+
+export type MappingStats = TcpMappingStats | UdpMappingStats;
 
 export interface ProxyStats {
   engine: EngineName;
@@ -114,8 +177,12 @@ export interface Proxy {
   add(options: MappingOptions): Promise<Mapping>;
   /** Stop listening and close (reset) every open connection of that mapping. */
   remove(mapping: Mapping | number): Promise<void>;
-  /** Stop everything. Resolves when every thread has exited and every socket is closed. */
-  close(): Promise<void>;
+  /**
+   * Stop everything. Resolves when every thread has exited and every socket is closed.
+   * With `drainTimeoutMs`, listeners close at once and open connections get that long
+   * to finish on their own first.
+   */
+  close(options?: CloseOptions): Promise<void>;
   /** A synchronous snapshot of the counters; reading it never stops the data path. */
   stats(): ProxyStats;
   /** Keep the process alive while mappings exist (the default), like `net.Server.ref()`. */

@@ -40,7 +40,8 @@ bool ThrowTypeError(Napi::Env env, const char* message) {
 Napi::Function NativeProxy::Define(Napi::Env env) {
   return DefineClass(env, "NativeProxy",
                      {
-                         InstanceMethod<&NativeProxy::AddTcp>("addTcp"),
+                         InstanceMethod<&NativeProxy::Add>("add"),
+                         InstanceMethod<&NativeProxy::StopListening>("stopListening"),
                          InstanceMethod<&NativeProxy::Remove>("remove"),
                          InstanceMethod<&NativeProxy::Close>("close"),
                          InstanceMethod<&NativeProxy::Stats>("stats"),
@@ -134,43 +135,68 @@ void NativeProxy::FinishClose(Napi::Env env) {
   }
 }
 
-Napi::Value NativeProxy::AddTcp(const Napi::CallbackInfo& info) {
+// Reads an integer property, checking its range (JavaScript validated it already; this
+// keeps a bad call from the raw binding from reaching the engine).
+static bool ReadInt(Napi::Object spec, const char* key, int64_t min, int64_t max, int64_t* out) {
+  Napi::Value value = spec.Get(key);
+  if (!value.IsNumber()) return ThrowTypeError(spec.Env(), (std::string(key) + " must be a number").c_str());
+  double number = value.As<Napi::Number>().DoubleValue();
+  if (!(number >= static_cast<double>(min) && number <= static_cast<double>(max))) {
+    Napi::RangeError::New(spec.Env(), std::string(key) + " is out of range").ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = static_cast<int64_t>(number);
+  return true;
+}
+
+Napi::Value NativeProxy::Add(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 8 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsString() ||
-      !info[4].IsNumber() || !info[5].IsNumber() || !info[6].IsNumber() || !info[7].IsBoolean()) {
-    ThrowTypeError(env,
-                   "addTcp(requestId, listenHost, listenPort, targetHost, targetPort, backlog, "
-                   "connectTimeoutMs, ipv6Only)");
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsObject()) {
+    ThrowTypeError(env, "add(requestId, spec)");
     return env.Undefined();
   }
   uint64_t request = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
-  std::string listen_host = info[1].As<Napi::String>().Utf8Value();
-  int listen_port = info[2].As<Napi::Number>().Int32Value();
-  std::string target_host = info[3].As<Napi::String>().Utf8Value();
-  int target_port = info[4].As<Napi::Number>().Int32Value();
-
-  ps::TcpMappingConfig config;
-  config.backlog = info[5].As<Napi::Number>().Int32Value();
-  config.connect_timeout_ms = info[6].As<Napi::Number>().Int32Value();
-  config.ipv6_only = info[7].As<Napi::Boolean>().Value();
-  if (listen_port < 0 || listen_port > 65535 || target_port < 1 || target_port > 65535) {
-    Napi::RangeError::New(env, "port out of range").ThrowAsJavaScriptException();
+  Napi::Object spec = info[1].As<Napi::Object>();
+  std::string proto = spec.Get("proto").ToString().Utf8Value();
+  std::string listen_host = spec.Get("listenHost").ToString().Utf8Value();
+  std::string target_host = spec.Get("targetHost").ToString().Utf8Value();
+  int64_t listen_port, target_port, backlog, connect_timeout, udp_timeout, udp_max_flows;
+  if (!ReadInt(spec, "listenPort", 0, 65535, &listen_port) || !ReadInt(spec, "targetPort", 1, 65535, &target_port) ||
+      !ReadInt(spec, "backlog", 1, 65535, &backlog) ||
+      !ReadInt(spec, "connectTimeoutMs", 1, INT32_MAX, &connect_timeout) ||
+      !ReadInt(spec, "udpTimeoutMs", 1, INT32_MAX, &udp_timeout) ||
+      !ReadInt(spec, "udpMaxFlows", 1, UINT32_MAX, &udp_max_flows)) {
     return env.Undefined();
   }
+
+  ps::MappingConfig config;
+  if (proto == "tcp") {
+    config.proto = ps::Proto::kTcp;
+  } else if (proto == "udp") {
+    config.proto = ps::Proto::kUdp;
+  } else {
+    ThrowTypeError(env, "proto must be 'tcp' or 'udp'");
+    return env.Undefined();
+  }
+  config.backlog = static_cast<int>(backlog);
+  config.connect_timeout_ms = static_cast<int>(connect_timeout);
+  config.udp_timeout_ms = static_cast<int>(udp_timeout);
+  config.udp_max_flows = static_cast<uint32_t>(udp_max_flows);
+  config.ipv6_only = spec.Get("ipv6Only").ToBoolean().Value();
   if (ps::parse_address(listen_host.c_str(), static_cast<uint16_t>(listen_port), &config.listen) < 0) {
-    SystemError(env, {-EINVAL, "listen"}, listen_host, listen_port).ThrowAsJavaScriptException();
+    SystemError(env, {-EINVAL, "bind"}, listen_host, static_cast<int>(listen_port)).ThrowAsJavaScriptException();
     return env.Undefined();
   }
   if (ps::parse_address(target_host.c_str(), static_cast<uint16_t>(target_port), &config.target) < 0) {
-    SystemError(env, {-EINVAL, "connect"}, target_host, target_port).ThrowAsJavaScriptException();
+    SystemError(env, {-EINVAL, "connect"}, target_host, static_cast<int>(target_port)).ThrowAsJavaScriptException();
     return env.Undefined();
   }
 
   uint32_t id = 0;
   uint16_t port = 0;
-  ps::Error error = engine_.add_tcp(config, request, &id, &port);
+  ps::Error error = engine_.add(config, request, &id, &port);
   if (error.code < 0) {
-    SystemError(env, error, listen_host, listen_port).ThrowAsJavaScriptException();
+    SystemError(env, error, listen_host, static_cast<int>(listen_port)).ThrowAsJavaScriptException();
     return env.Undefined();
   }
   Napi::Object result = Napi::Object::New(env);
@@ -179,17 +205,32 @@ Napi::Value NativeProxy::AddTcp(const Napi::CallbackInfo& info) {
   return result;
 }
 
-Napi::Value NativeProxy::Remove(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
-    ThrowTypeError(env, "remove(requestId, mappingId)");
-    return env.Undefined();
+// Both take (requestId, mappingId) and complete asynchronously.
+static bool ReadMappingCommand(const Napi::CallbackInfo& info, const char* usage, uint64_t* request, uint32_t* id) {
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) return ThrowTypeError(info.Env(), usage);
+  *request = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+  *id = info[1].As<Napi::Number>().Uint32Value();
+  return true;
+}
+
+Napi::Value NativeProxy::StopListening(const Napi::CallbackInfo& info) {
+  uint64_t request;
+  uint32_t id;
+  if (ReadMappingCommand(info, "stopListening(requestId, mappingId)", &request, &id)) {
+    int rc = engine_.stop_listening(id, request);
+    if (rc < 0) SystemError(info.Env(), {rc, "stopListening"}, "", 0).ThrowAsJavaScriptException();
   }
-  uint64_t request = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
-  uint32_t id = info[1].As<Napi::Number>().Uint32Value();
-  int rc = engine_.remove(id, request);
-  if (rc < 0) SystemError(env, {rc, "remove"}, "", 0).ThrowAsJavaScriptException();
-  return env.Undefined();
+  return info.Env().Undefined();
+}
+
+Napi::Value NativeProxy::Remove(const Napi::CallbackInfo& info) {
+  uint64_t request;
+  uint32_t id;
+  if (ReadMappingCommand(info, "remove(requestId, mappingId)", &request, &id)) {
+    int rc = engine_.remove(id, request);
+    if (rc < 0) SystemError(info.Env(), {rc, "remove"}, "", 0).ThrowAsJavaScriptException();
+  }
+  return info.Env().Undefined();
 }
 
 Napi::Value NativeProxy::Close(const Napi::CallbackInfo& info) {

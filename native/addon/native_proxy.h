@@ -26,7 +26,8 @@ class NativeProxy : public Napi::ObjectWrap<NativeProxy> {
     int result;
   };
 
-  Napi::Value AddTcp(const Napi::CallbackInfo& info);
+  Napi::Value Add(const Napi::CallbackInfo& info);
+  Napi::Value StopListening(const Napi::CallbackInfo& info);
   Napi::Value Remove(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);

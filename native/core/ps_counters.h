@@ -21,13 +21,27 @@ class Counter {
 };
 
 struct alignas(64) ThreadCounters {
-  Counter accepted;   // Client connections accepted.
-  Counter active;     // Connections open now.
-  Counter failed;     // Connections whose target could not be reached.
+  // TCP.
+  Counter accepted;  // Client connections accepted.
+  Counter active;    // Connections open now.
+  Counter failed;    // Connections whose target could not be reached.
+  // Both protocols.
   Counter to_target;  // Bytes written to the target.
   Counter to_client;  // Bytes written to the client.
   Counter spliced;    // Bytes moved through a pipe with splice(2).
   Counter copied;     // Bytes moved through a user-space buffer.
+  // UDP.
+  Counter flows_active;
+  Counter flows_created;
+  Counter flows_expired;  // The target stayed silent for the flow timeout.
+  Counter flows_evicted;  // Closed to stay under the flow limit.
+  Counter datagrams_to_target;
+  Counter datagrams_to_client;
+  Counter dropped_no_flow;     // No socket could be opened for a new flow.
+  Counter dropped_queue_full;  // EAGAIN or ENOBUFS on send.
+  Counter dropped_refused;     // ECONNREFUSED: the target's port is closed.
+  Counter dropped_truncated;   // Larger than the receive buffer.
+  Counter dropped_other;       // Any other send error.
 };
 
 // The fields of a snapshot row, in order; bindings export the names.
@@ -40,6 +54,17 @@ enum StatsField {
   kStatsToClient,
   kStatsSpliced,
   kStatsCopied,
+  kStatsFlowsActive,
+  kStatsFlowsCreated,
+  kStatsFlowsExpired,
+  kStatsFlowsEvicted,
+  kStatsDatagramsToTarget,
+  kStatsDatagramsToClient,
+  kStatsDroppedNoFlow,
+  kStatsDroppedQueueFull,
+  kStatsDroppedRefused,
+  kStatsDroppedTruncated,
+  kStatsDroppedOther,
   kStatsFieldCount,
 };
 

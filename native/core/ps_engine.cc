@@ -1,6 +1,7 @@
 #include "ps_engine.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -31,27 +32,57 @@ int Engine::start(const EngineOptions& options, CompletionFn on_complete) {
   return 0;
 }
 
-Error Engine::add_tcp(const TcpMappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port) {
+Error Engine::add(const MappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port) {
   if (!running()) return {-EBADF, "add"};
   int family = config.listen.family();
-  UniqueFd fd(socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  int type = config.proto == Proto::kTcp ? SOCK_STREAM : SOCK_DGRAM;
+  UniqueFd fd(socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return {-errno, "socket"};
   int one = 1;
   // SO_REUSEADDR lets a restarted forwarder bind while old connections sit in
   // TIME_WAIT; it does not let two listeners share a port (that is SO_REUSEPORT).
-  if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) return {-errno, "setsockopt"};
+  // docker-proxy sets it on TCP only, and so do we.
+  if (config.proto == Proto::kTcp && setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
+    return {-errno, "setsockopt"};
+  }
   if (family == AF_INET6) {
     int v6only = config.ipv6_only ? 1 : 0;
     if (setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) return {-errno, "setsockopt"};
   }
   if (bind(fd.get(), config.listen.get(), config.listen.length) < 0) return {-errno, "bind"};
-  if (listen(fd.get(), config.backlog) < 0) return {-errno, "listen"};
+  if (config.proto == Proto::kTcp && listen(fd.get(), config.backlog) < 0) return {-errno, "listen"};
+  return add_socket(std::move(fd), config, request, id, port);
+}
+
+Error Engine::add_socket(UniqueFd fd, const MappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port) {
+  if (!running()) return {-EBADF, "add"};
+  int flags = fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) < 0) return {-errno, "fcntl"};
+  if (fcntl(fd.get(), F_SETFD, FD_CLOEXEC) < 0) return {-errno, "fcntl"};
   SocketAddress bound;
   bound.length = sizeof bound.storage;
   if (getsockname(fd.get(), bound.get(), &bound.length) < 0) return {-errno, "getsockname"};
+  if (config.proto == Proto::kUdp) {
+    // Learn each datagram's destination address, so that replies leave from it.
+    int one = 1;
+    if (bound.family() == AF_INET6 && setsockopt(fd.get(), IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one) < 0) {
+      return {-errno, "setsockopt"};
+    }
+    // On an IPv6 socket this also covers IPv4-mapped traffic; an IPv6-only one refuses it.
+    if (setsockopt(fd.get(), IPPROTO_IP, IP_PKTINFO, &one, sizeof one) < 0 && bound.family() == AF_INET) {
+      return {-errno, "setsockopt"};
+    }
+  }
 
+  MappingConfig effective = config;
+  effective.listen = bound;
   uint32_t mapping_id = next_id_++;
-  auto mapping = std::make_shared<Mapping>(mapping_id, config, std::move(fd), options_.threads);
+  int owner = -1;
+  if (config.proto == Proto::kUdp) {
+    owner = next_udp_owner_;
+    next_udp_owner_ = (next_udp_owner_ + 1) % options_.threads;
+  }
+  auto mapping = std::make_shared<Mapping>(mapping_id, effective, std::move(fd), options_.threads, owner);
   mappings_.emplace(mapping_id, mapping);
   broadcast(Command::Kind::kAddMapping, mapping, mapping_id, request);
   *id = mapping_id;
@@ -64,6 +95,13 @@ int Engine::remove(uint32_t id, uint64_t request) {
   if (it == mappings_.end()) return -ENOENT;
   mappings_.erase(it);
   broadcast(Command::Kind::kRemoveMapping, nullptr, id, request);
+  return 0;
+}
+
+int Engine::stop_listening(uint32_t id, uint64_t request) {
+  auto it = mappings_.find(id);
+  if (it == mappings_.end()) return -ENOENT;
+  broadcast(Command::Kind::kStopListening, it->second, id, request);
   return 0;
 }
 
@@ -90,6 +128,8 @@ void Engine::snapshot(std::vector<uint64_t>* rows) const {
 
 void Engine::broadcast(Command::Kind kind, const std::shared_ptr<Mapping>& mapping, uint32_t id, uint64_t request) {
   auto barrier = std::make_shared<Barrier>(static_cast<int>(workers_.size()), request);
+  // The listening socket is closed by the last worker to let go of it.
+  if (kind == Command::Kind::kStopListening) barrier->close_listener = mapping;
   for (auto& worker : workers_) {
     Command command;
     command.kind = kind;

@@ -28,14 +28,25 @@ class Engine {
   // Starts the worker threads. Returns 0 or a negative errno (nothing is left running).
   int start(const EngineOptions& options, CompletionFn on_complete);
 
-  // Binds and listens on `config.listen` (synchronously, so that EADDRINUSE is reported
-  // here), then hands the socket to every worker. `request` completes once all serve it.
-  // On success sets the mapping's id and the port actually bound.
-  Error add_tcp(const TcpMappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port);
+  // Binds `config.listen` (and listens, for TCP) synchronously, so that EADDRINUSE is
+  // reported here, then hands the socket to the workers. `request` completes once they
+  // serve it. On success sets the mapping's id and the port actually bound.
+  Error add(const MappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port);
+
+  // Serves a socket that is already bound (and listening, for TCP): docker-proxy's
+  // -use-listen-fd, where dockerd binds it and passes it as fd 4. `config.listen` is
+  // replaced by the socket's address; the socket is made non-blocking and close-on-exec.
+  // Completes like add().
+  Error add_socket(UniqueFd fd, const MappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port);
 
   // Stops a mapping and resets its connections; `request` completes once that is done.
   // Returns -ENOENT for an unknown id.
   int remove(uint32_t id, uint64_t request);
+
+  // Stops accepting on a mapping and closes its listening socket, so that new
+  // connections are refused, while its open connections go on (a drain). `request`
+  // completes once the socket is closed. Returns -ENOENT for an unknown id.
+  int stop_listening(uint32_t id, uint64_t request);
 
   // Asks every worker to close everything and exit; `request` completes after the last
   // worker has closed its sockets. Then join() returns promptly.
@@ -57,6 +68,7 @@ class Engine {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::map<uint32_t, std::shared_ptr<Mapping>> mappings_;
   uint32_t next_id_ = 1;
+  int next_udp_owner_ = 0;  // UDP mappings go to the workers in turn.
   bool stopping_ = false;
 };
 

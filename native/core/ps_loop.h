@@ -23,12 +23,13 @@ struct Watcher {
   EventHandler* handler = nullptr;
 };
 
+// Something with descriptors in a loop. Handlers that can close while a batch of
+// events is being dispatched (connections, flows) are freed after the batch, through
+// this virtual destructor.
 class EventHandler {
  public:
+  virtual ~EventHandler() = default;
   virtual void on_event(Watcher* watcher, uint32_t events) = 0;
-
- protected:
-  ~EventHandler() = default;
 };
 
 class Loop {

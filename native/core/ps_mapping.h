@@ -1,4 +1,4 @@
-// A mapping: one listening socket forwarded to one target, shared by every engine thread.
+// A mapping: one listening socket forwarded to one target, and its counters.
 #ifndef PORTSPLICE_PS_MAPPING_H_
 #define PORTSPLICE_PS_MAPPING_H_
 
@@ -12,37 +12,53 @@
 
 namespace ps {
 
-struct TcpMappingConfig {
+enum class Proto { kTcp, kUdp };
+
+struct MappingConfig {
+  Proto proto = Proto::kTcp;
   SocketAddress listen;
   SocketAddress target;
+  bool ipv6_only = false;
+  // TCP.
   int backlog = 4096;
   int connect_timeout_ms = 30000;
-  bool ipv6_only = false;
+  // UDP: a flow expires when its target has not replied for this long.
+  int udp_timeout_ms = 90000;
+  // UDP: flows at once; beyond it the least recently active flow is evicted.
+  uint32_t udp_max_flows = 4096;
 };
 
 class Mapping {
  public:
-  Mapping(uint32_t id, const TcpMappingConfig& config, UniqueFd listen_fd, int threads)
+  // `owner`: for UDP, the one worker that serves the mapping (its flow table is that
+  // worker's alone); TCP mappings are served by every worker.
+  Mapping(uint32_t id, const MappingConfig& config, UniqueFd listen_fd, int threads, int owner)
       : id_(id),
         config_(config),
         listen_fd_(std::move(listen_fd)),
         counters_(new ThreadCounters[threads]),
-        threads_(threads) {}
+        threads_(threads),
+        owner_(owner) {}
 
   uint32_t id() const { return id_; }
-  const TcpMappingConfig& config() const { return config_; }
+  const MappingConfig& config() const { return config_; }
   int listen_fd() const { return listen_fd_.get(); }
+  int owner() const { return owner_; }
   ThreadCounters& counters(int thread) { return counters_[thread]; }
+
+  // Closes the listening socket; only once no worker uses it any more.
+  void close_listener() { listen_fd_.reset(); }
 
   // Sums every thread's counters into one snapshot row of kStatsFieldCount values.
   void snapshot(uint64_t* row) const;
 
  private:
   uint32_t id_;
-  TcpMappingConfig config_;
+  MappingConfig config_;
   UniqueFd listen_fd_;
   std::unique_ptr<ThreadCounters[]> counters_;
   int threads_;
+  int owner_;
 };
 
 }  // namespace ps

@@ -92,8 +92,7 @@ void Worker::run() {
     // Commands run after the batch, so that none frees a listener or session that a
     // later event of the same batch points at.
     if (wake_pending_) run_commands();
-    for (TcpSession* session : retired_) delete session;
-    retired_.clear();
+    free_retired();
     if (now_ms_ >= next_timer_ms_) run_timers();
   }
 }
@@ -118,6 +117,10 @@ void Worker::run_commands() {
       case Command::Kind::kAddMapping:
         add_mapping(std::move(command.mapping), command.barrier);
         break;
+      case Command::Kind::kStopListening:
+        stop_listening(command.mapping_id);
+        complete(command.barrier, 0);
+        break;
       case Command::Kind::kRemoveMapping:
         remove_mapping(command.mapping_id);
         complete(command.barrier, 0);
@@ -136,12 +139,30 @@ void Worker::complete(const std::shared_ptr<Barrier>& barrier, int result) {
     int expected = 0;
     barrier->result.compare_exchange_strong(expected, result);
   }
-  if (barrier->remaining.fetch_sub(1) == 1 && on_complete_ != nullptr && *on_complete_) {
-    (*on_complete_)(barrier->request, barrier->result.load());
-  }
+  if (barrier->remaining.fetch_sub(1) != 1) return;
+  // Every worker has let go of the listening socket before the last one gets here.
+  if (barrier->close_listener) barrier->close_listener->close_listener();
+  if (on_complete_ != nullptr && *on_complete_) (*on_complete_)(barrier->request, barrier->result.load());
+}
+
+void Worker::free_retired() {
+  for (EventHandler* handler : retired_) delete handler;
+  retired_.clear();
 }
 
 void Worker::add_mapping(std::shared_ptr<Mapping> mapping, const std::shared_ptr<Barrier>& barrier) {
+  if (mapping->config().proto == Proto::kUdp) {
+    if (mapping->owner() != index_) {
+      complete(barrier, 0);
+      return;
+    }
+    if (!udp_batch_) udp_batch_ = UdpBatch::create();
+    auto forwarder = std::unique_ptr<UdpForwarder>(new (std::nothrow) UdpForwarder(this, std::move(mapping)));
+    int rc = !udp_batch_ || !forwarder ? -ENOMEM : forwarder->start();
+    if (rc == 0) udp_.push_back(std::move(forwarder));
+    complete(barrier, rc);
+    return;
+  }
   auto listener = std::unique_ptr<Listener>(new (std::nothrow) Listener(this, std::move(mapping)));
   if (!listener) {
     complete(barrier, -ENOMEM);
@@ -153,6 +174,12 @@ void Worker::add_mapping(std::shared_ptr<Mapping> mapping, const std::shared_ptr
 }
 
 void Worker::remove_mapping(uint32_t mapping_id) {
+  for (auto u = udp_.begin(); u != udp_.end(); ++u) {
+    if ((*u)->mapping()->id() == mapping_id) {
+      udp_.erase(u);  // Closes its flows.
+      return;
+    }
+  }
   auto it = std::find_if(listeners_.begin(), listeners_.end(),
                          [&](const std::unique_ptr<Listener>& l) { return l->mapping->id() == mapping_id; });
   if (it == listeners_.end()) return;
@@ -166,13 +193,28 @@ void Worker::remove_mapping(uint32_t mapping_id) {
   listeners_.erase(it);
 }
 
+void Worker::stop_listening(uint32_t mapping_id) {
+  // A UDP flow replies through the listening socket, so a UDP mapping cannot outlive
+  // it: it stops altogether.
+  for (auto& forwarder : udp_) {
+    if (forwarder->mapping()->id() == mapping_id) forwarder->stop();
+  }
+  for (auto& listener : listeners_) {
+    if (listener->mapping->id() != mapping_id) continue;
+    loop_.forget(&listener->watcher);
+    listener->stopped = true;
+    listener->paused_until = 0;
+  }
+}
+
 void Worker::stop() {
   running_ = false;
   for (auto& listener : listeners_) loop_.forget(&listener->watcher);
   while (TcpSession* session = sessions_.front()) session->abort();
-  for (TcpSession* session : retired_) delete session;
-  retired_.clear();
+  udp_.clear();
+  free_retired();
   listeners_.clear();
+  udp_batch_.reset();
   pipes_.clear();
   buffers_.clear();
 }
@@ -213,14 +255,10 @@ void Worker::track_connect(TcpSession* session) {
   next_timer_ms_ = std::min(next_timer_ms_, session->connect_deadline());
 }
 
-void Worker::retire(TcpSession* session) {
-  retired_.push_back(session);
-}
-
 void Worker::run_timers() {
   int64_t next = INT64_MAX;
   for (auto& listener : listeners_) {
-    if (listener->paused_until == 0) continue;
+    if (listener->paused_until == 0 || listener->stopped) continue;
     if (listener->paused_until <= now_ms_) {
       listener->paused_until = 0;
       loop_.watch_exclusive(&listener->watcher, EPOLLIN);
@@ -228,6 +266,7 @@ void Worker::run_timers() {
       next = std::min(next, listener->paused_until);
     }
   }
+  for (auto& forwarder : udp_) next = std::min(next, forwarder->expire(now_ms_));
   for (TcpSession* session = connecting_.front(); session != nullptr;) {
     TcpSession* following = connecting_.next(&session->connecting_link);
     if (session->connect_deadline() <= now_ms_) {

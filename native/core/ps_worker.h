@@ -18,6 +18,7 @@
 #include "ps_mapping.h"
 #include "ps_store.h"
 #include "ps_tcp_session.h"
+#include "ps_udp.h"
 
 namespace ps {
 
@@ -34,12 +35,13 @@ struct Barrier {
   std::atomic<int> remaining;
   std::atomic<int> result{0};  // The first failure a worker reported, or 0.
   uint64_t request;
+  std::shared_ptr<Mapping> close_listener;  // Closed by the last worker, if set.
 };
 
 struct Command {
-  enum class Kind { kAddMapping, kRemoveMapping, kStop };
+  enum class Kind { kAddMapping, kStopListening, kRemoveMapping, kStop };
   Kind kind;
-  std::shared_ptr<Mapping> mapping;  // kAddMapping.
+  std::shared_ptr<Mapping> mapping;  // kAddMapping, kStopListening.
   uint32_t mapping_id = 0;           // kRemoveMapping.
   std::shared_ptr<Barrier> barrier;
 };
@@ -68,7 +70,14 @@ class Worker final : public EventHandler {
   BufferPool& buffers() { return buffers_; }
   int64_t now_ms() const { return now_ms_; }
   void track_connect(TcpSession* session);
-  void retire(TcpSession* session);
+  // Makes the loop wake up by `when_ms` to run timers.
+  void schedule_timer(int64_t when_ms) {
+    if (when_ms < next_timer_ms_) next_timer_ms_ = when_ms;
+  }
+  // Frees a closed session or flow after the current batch of events.
+  void retire(EventHandler* handler) { retired_.push_back(handler); }
+  // Scratch space for UDP batches, made when the first UDP mapping arrives.
+  UdpBatch* udp_batch() { return udp_batch_.get(); }
 
   void on_event(Watcher* watcher, uint32_t events) override;
 
@@ -85,6 +94,7 @@ class Worker final : public EventHandler {
     std::shared_ptr<Mapping> mapping;
     Watcher watcher;
     int64_t paused_until = 0;  // Set while accepting is paused for lack of fds.
+    bool stopped = false;      // No longer accepting: the mapping is draining.
   };
 
   static void* thread_main(void* self);
@@ -96,6 +106,9 @@ class Worker final : public EventHandler {
   void pause_listener(Listener* listener);
   void remove_mapping(uint32_t mapping_id);
   void stop();
+  void stop_listening(uint32_t mapping_id);
+  void free_retired();
+  // Counts this worker off the barrier; the last worker reports the command complete.
   void complete(const std::shared_ptr<Barrier>& barrier, int result);
 
   int index_;
@@ -116,10 +129,12 @@ class Worker final : public EventHandler {
 
   PipePool pipes_;
   BufferPool buffers_;
-  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<Listener>> listeners_;  // TCP mappings.
+  std::vector<std::unique_ptr<UdpForwarder>> udp_;    // UDP mappings this worker owns.
+  std::unique_ptr<UdpBatch> udp_batch_;
   List<TcpSession> sessions_;
   List<TcpSession> connecting_;
-  std::vector<TcpSession*> retired_;  // Freed after the current batch of events.
+  std::vector<EventHandler*> retired_;  // Freed after the current batch of events.
 };
 
 }  // namespace ps

@@ -1,0 +1,128 @@
+/**
+ * TCP in the stream engine: a net.Server, and for every accepted connection a net.Socket to
+ * the target with the bytes pumped both ways through user space.
+ */
+import net from 'node:net';
+import type { RawCounters } from './backend.js';
+import type { ResolvedMapping } from './config.js';
+import type { StreamMapping } from './stream-engine.js';
+
+/**
+ * Resets a socket (RST), or closes it where Node cannot: libuv refuses to reset a socket
+ * once its write side has been shut down, and Node then never closes the handle, which
+ * leaks it and hangs process exit. A socket that already sent FIN is destroyed instead.
+ */
+function reset(socket: net.Socket): void {
+  if (socket.writableEnded || socket.destroyed) socket.destroy();
+  else socket.resetAndDestroy();
+}
+
+export class StreamTcpMapping implements StreamMapping {
+  readonly counters: RawCounters;
+  #spec: ResolvedMapping;
+  #server = net.createServer({ allowHalfOpen: true, noDelay: true });
+  #sockets = new Set<net.Socket>();
+  #ref = true;
+
+  constructor(spec: ResolvedMapping, counters: RawCounters) {
+    this.#spec = spec;
+    this.counters = counters;
+    this.#server.on('connection', (client) => this.#forward(client));
+  }
+
+  listen(): Promise<number> {
+    const { listen, backlog, ipv6Only } = this.#spec;
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen({ host: listen.host, port: listen.port, backlog, ipv6Only }, () => {
+        this.#server.off('error', reject);
+        resolve((this.#server.address() as net.AddressInfo).port);
+      });
+    });
+  }
+
+  stopListening(): void {
+    // net.Server.close() stops accepting and leaves open connections alone.
+    if (this.#server.listening) this.#server.close();
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => {
+      if (!this.#server.listening) resolve();
+      else this.#server.close(() => resolve());
+    });
+    for (const socket of this.#sockets) reset(socket);
+    await closed;
+  }
+
+  setRef(ref: boolean): void {
+    this.#ref = ref;
+    for (const handle of [this.#server, ...this.#sockets]) {
+      if (ref) handle.ref();
+      else handle.unref();
+    }
+  }
+
+  #forward(client: net.Socket): void {
+    const counters = this.counters;
+    counters.accepted++;
+    counters.active++;
+    const target = net.connect({
+      host: this.#spec.target.host,
+      port: this.#spec.target.port,
+      allowHalfOpen: true,
+      noDelay: true,
+    });
+    for (const socket of [client, target]) {
+      this.#sockets.add(socket);
+      if (!this.#ref) socket.unref();
+    }
+
+    let connected = false;
+    let open = 2;
+    const closed = (socket: net.Socket) => {
+      this.#sockets.delete(socket);
+      if (--open === 0) counters.active--;
+    };
+    client.on('close', () => closed(client));
+    target.on('close', () => closed(target));
+
+    const timer = setTimeout(
+      () => target.destroy(new Error('connect timed out')),
+      this.#spec.connectTimeoutMs,
+    );
+    timer.unref();
+    client.pause();
+    target.on('connect', () => {
+      connected = true;
+      clearTimeout(timer);
+      client.resume();
+    });
+
+    // A reset on one side resets the other, so truncation is never disguised as a clean end.
+    client.on('error', () => reset(target));
+    target.on('error', () => {
+      if (!connected) {
+        clearTimeout(timer);
+        counters.failed++;
+      }
+      reset(client);
+    });
+
+    this.#pump(client, target, 'toTarget');
+    this.#pump(target, client, 'toClient');
+  }
+
+  /** Moves bytes from `from` to `to` with backpressure; FIN follows the last byte. */
+  #pump(from: net.Socket, to: net.Socket, counter: 'toTarget' | 'toClient'): void {
+    const counters = this.counters;
+    from.on('data', (chunk: Buffer) => {
+      const n = BigInt(chunk.length);
+      counters[counter] += n;
+      counters.copied += n;
+      if (!to.write(chunk)) from.pause();
+    });
+    to.on('drain', () => from.resume());
+    from.on('end', () => to.end());
+  }
+}
