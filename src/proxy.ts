@@ -106,7 +106,12 @@ class PortspliceProxy implements Proxy {
 
   close(options?: CloseOptions): Promise<void> {
     if (this.#closing === undefined) {
-      const drainTimeoutMs = validateCloseOptions(options);
+      let drainTimeoutMs: number;
+      try {
+        drainTimeoutMs = validateCloseOptions(options);
+      } catch (error) {
+        return Promise.reject(error);
+      }
       this.#closing = this.#drain(drainTimeoutMs)
         .then(() => {
           this.#mappings.clear();
