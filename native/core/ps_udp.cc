@@ -18,10 +18,14 @@ constexpr int kMaxRounds = 4;
 LocalAddress local_address_of(msghdr* header) {
   LocalAddress local;
   for (cmsghdr* c = CMSG_FIRSTHDR(header); c != nullptr; c = CMSG_NXTHDR(header, c)) {
-    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+    // A message cut short (MSG_CTRUNC) carries less than its type's size: skip it.
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO && c->cmsg_len >= CMSG_LEN(sizeof local.v4)) {
       memcpy(&local.v4, CMSG_DATA(c), sizeof local.v4);
       local.level = IPPROTO_IP;
-    } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+    } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
+               c->cmsg_len >= CMSG_LEN(sizeof local.v6) && local.level != IPPROTO_IP) {
+      // On a dual-stack socket an IPv4 datagram carries both; IP_PKTINFO is the one the
+      // IPv4 send path takes back.
       memcpy(&local.v6, CMSG_DATA(c), sizeof local.v6);
       local.level = IPPROTO_IPV6;
     }

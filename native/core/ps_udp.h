@@ -28,7 +28,9 @@ struct UdpBatch {
   // Larger than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6), so that
   // nothing is ever truncated.
   static constexpr size_t kDatagramSize = 65536;
-  static constexpr size_t kControlSize = 64;
+  // Room for both IPV6_PKTINFO and IP_PKTINFO, which a dual-stack socket attaches to
+  // every IPv4 datagram.
+  static constexpr size_t kControlSize = 128;
 
   // Returns nullptr when memory is exhausted.
   static std::unique_ptr<UdpBatch> create();
