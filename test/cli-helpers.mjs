@@ -1,0 +1,227 @@
+// Helpers for the CLI tests: spawning `dist/cli/main.js` as a child process and reading what
+// it prints, all bounded by timeouts. Every child is tracked so that `killAll()` (in `after`)
+// leaves none behind.
+//
+// Like helpers.mjs, this module only declares functions: importing it has no side effects.
+
+import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+import { V4, withTimeout, waitFor, startServer, closeServers } from './helpers.mjs';
+
+export const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
+
+const children = new Set();
+
+/**
+ * Spawn the CLI with `args`. Returns the child, with `out` and `err` (text so far), `lines`
+ * (complete stdout lines), `waitLine(pred, what, timeout)`, `waitExit(timeout)` resolving
+ * `{ code, signal, ms }`, and `status` (what it wrote to fd 3, when `statusPipe` is set).
+ */
+export function spawnCli(args, { statusPipe = false, env } = {}) {
+  const stdio = statusPipe ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'];
+  const child = spawn(process.execPath, [CLI, ...args], { stdio, env: { ...process.env, ...env } });
+  children.add(child);
+  child.out = '';
+  child.err = '';
+  child.status = '';
+  child.lines = [];
+  let partial = '';
+  const listeners = new Set();
+  const notify = () => {
+    for (const fn of listeners) fn();
+  };
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (text) => {
+    child.out += text;
+    partial += text;
+    const parts = partial.split('\n');
+    partial = parts.pop();
+    child.lines.push(...parts);
+    notify();
+  });
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (text) => {
+    child.err += text;
+    notify();
+  });
+  if (statusPipe) {
+    child.stdio[3].setEncoding('utf8');
+    child.stdio[3].on('data', (text) => {
+      child.status += text;
+      notify();
+    });
+    child.stdio[3].on('error', () => {});
+  }
+  const started = Date.now();
+  child.exited = new Promise((resolve) => {
+    child.once('exit', (code, signal) => {
+      child.exitInfo = { code, signal, ms: Date.now() - started };
+      children.delete(child);
+      notify();
+      resolve(child.exitInfo);
+    });
+  });
+  const describe = () => `stdout: ${JSON.stringify(child.out)}; stderr: ${JSON.stringify(child.err)}`;
+  child.describe = describe;
+
+  /** Resolve when `check()` returns a truthy value (returned), reject on timeout or on exit. */
+  child.until = (check, what, timeout = 10000) =>
+    withTimeout(
+      new Promise((resolve, reject) => {
+        const fn = () => {
+          const value = check();
+          if (value) {
+            listeners.delete(fn);
+            resolve(value);
+          } else if (child.exitInfo) {
+            listeners.delete(fn);
+            reject(
+              new Error(`the CLI exited (${JSON.stringify(child.exitInfo)}) before ${what}; ${describe()}`),
+            );
+          }
+        };
+        listeners.add(fn);
+        fn();
+      }),
+      timeout,
+      `${what}; ${describe()}`,
+    );
+  /** The first stdout line matching `pred` (a RegExp or function). */
+  child.waitLine = (pred, what = String(pred), timeout) =>
+    child.until(
+      () => child.lines.find((line) => (pred instanceof RegExp ? pred.test(line) : pred(line))),
+      `a line ${what}`,
+      timeout,
+    );
+  child.waitExit = (timeout = 10000) =>
+    withTimeout(child.exited, timeout, `the CLI to exit; ${describe()}`, () => child.kill('SIGKILL'));
+  return child;
+}
+
+/** Kill every child still running (for `after` hooks) and wait for them, bounded. */
+export async function killAll() {
+  const pending = [...children].map((child) => {
+    child.kill('SIGKILL');
+    return withTimeout(child.exited, 5000, 'killed child to exit').catch(() => {});
+  });
+  await Promise.all(pending);
+}
+
+/**
+ * Start the CLI and wait until it printed one startup line per mapping; returns the child and
+ * the listen ports it reports, in order.
+ */
+export async function startCli(args, count = 1, opts) {
+  const child = spawnCli(args, opts);
+  await child.until(
+    () => child.lines.filter((l) => l.startsWith('portsplice: mapping ')).length >= count,
+    `${count} startup line(s)`,
+  );
+  const ports = child.lines
+    .filter((l) => l.startsWith('portsplice: mapping '))
+    .map((l) => Number(/ (?:\S+):(\d+) -> /.exec(l)[1]));
+  return { child, ports };
+}
+
+/** Stop a child with SIGTERM and wait for it; returns `{ code, signal, ms }`. */
+export async function stopCli(child, timeout = 10000) {
+  if (child.exitInfo) return child.exitInfo;
+  child.kill('SIGTERM');
+  return child.waitExit(timeout);
+}
+
+/** True if nothing listens on host:port (TCP), checked by binding it. */
+export async function canBind(port, host = V4) {
+  const server = net.createServer();
+  const ok = await new Promise((resolve) => {
+    server.once('error', () => resolve(false));
+    server.listen({ host, port, exclusive: true }, () => resolve(true));
+  });
+  if (ok) await new Promise((resolve) => server.close(resolve));
+  return ok;
+}
+
+/** A free UDP port on `host` (bind :0, read it, close). */
+export async function freeUdpPort(host = V4) {
+  const socket = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+  await new Promise((resolve, reject) => {
+    socket.once('error', reject);
+    socket.bind(0, host, resolve);
+  });
+  const { port } = socket.address();
+  await new Promise((resolve) => socket.close(resolve));
+  return port;
+}
+
+/**
+ * `count` servers on consecutive ports of 127.0.0.1, built by `make(index)` as an
+ * onConnection handler. Returns `{ first, servers, close() }`.
+ */
+export async function startServerRange(count, make) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const first = 20000 + Math.floor(Math.random() * 30000);
+    const servers = [];
+    try {
+      for (let i = 0; i < count; i++) servers.push(await startServer(make(i), { port: first + i }));
+      return { first, servers, close: () => closeServers(...servers) };
+    } catch {
+      await closeServers(...servers);
+    }
+  }
+  throw new Error(`no ${count} consecutive free ports found`);
+}
+
+/** `count` consecutive ports on 127.0.0.1 nobody listens on (checked, then released). */
+export async function freeRange(count) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const first = 20000 + Math.floor(Math.random() * 30000);
+    let ok = true;
+    for (let i = 0; i < count && ok; i++) ok = await canBind(first + i);
+    if (ok) return first;
+  }
+  throw new Error(`no ${count} consecutive free ports found`);
+}
+
+/** A UDP echo server on 127.0.0.1; returns `{ port, socket, close() }`. */
+export async function startUdpEcho(host = V4) {
+  const socket = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+  socket.on('message', (msg, rinfo) => socket.send(msg, rinfo.port, rinfo.address));
+  await new Promise((resolve, reject) => {
+    socket.once('error', reject);
+    socket.bind(0, host, resolve);
+  });
+  return {
+    port: socket.address().port,
+    socket,
+    close: () => new Promise((resolve) => socket.close(resolve)),
+  };
+}
+
+/** Send `payload` to host:port over UDP until a reply comes (retrying, bounded); resolves the reply. */
+export async function udpRoundTrip(port, payload, host = V4, timeout = 5000) {
+  const socket = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+  socket.on('error', () => {});
+  try {
+    const reply = new Promise((resolve) => socket.once('message', (msg) => resolve(msg)));
+    const timer = setInterval(() => socket.send(payload, port, host), 200);
+    socket.send(payload, port, host);
+    try {
+      return await withTimeout(reply, timeout, `UDP reply via ${host}:${port}`);
+    } finally {
+      clearInterval(timer);
+    }
+  } finally {
+    socket.close();
+  }
+}
+
+/** GET http://host:port/path as text, bounded. */
+export async function httpGet(port, path = '/metrics', host = V4) {
+  const res = await withTimeout(fetch(`http://${host}:${port}${path}`), 5000, `GET ${path}`);
+  return { status: res.status, type: res.headers.get('content-type'), text: await res.text() };
+}
+
+export { waitFor };

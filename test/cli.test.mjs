@@ -1,0 +1,422 @@
+// The `portsplice` command as a child process: forwarding with -p (single ports, ranges, UDP,
+// docker-proxy's flags, a config file), --json, --metrics, shutdown on signals with draining,
+// docker-proxy's fd 3 status pipe, bad arguments and all-or-nothing startup.
+
+import { describe, test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import {
+  V4,
+  V6,
+  sleep,
+  withTimeout,
+  waitFor,
+  freePort,
+  startServer,
+  startEchoServer,
+  connect,
+  exchange,
+  expectRefused,
+  waitPeerClosed,
+  pingEcho,
+  closeServers,
+} from './helpers.mjs';
+import {
+  spawnCli,
+  startCli,
+  stopCli,
+  killAll,
+  canBind,
+  freeUdpPort,
+  freeRange,
+  startServerRange,
+  startUdpEcho,
+  udpRoundTrip,
+  httpGet,
+} from './cli-helpers.mjs';
+
+const servers = [];
+after(async () => {
+  await killAll();
+  await closeServers(...servers);
+});
+
+async function echoServer(opts) {
+  const s = await startEchoServer(opts);
+  servers.push(s);
+  return s;
+}
+
+describe('forwarding', () => {
+  for (const engine of ['splice', 'stream']) {
+    test(`-p 127.0.0.1:PORT:127.0.0.1:TPORT forwards (${engine} engine)`, async () => {
+      const echo = await echoServer();
+      const port = await freePort();
+      const { child, ports } = await startCli(['--engine', engine, '-p', `${V4}:${port}:${V4}:${echo.port}`]);
+      assert.deepEqual(ports, [port]);
+      assert.match(
+        child.lines[0],
+        new RegExp(`tcp 127\\.0\\.0\\.1:${port} -> 127\\.0\\.0\\.1:${echo.port}$`),
+      );
+      const payload = Buffer.from('hello through portsplice\n'.repeat(1000));
+      const got = await exchange(port, V4, payload, { keep: true });
+      assert.ok(got.data.equals(payload), 'echoed payload is byte-exact');
+      const exit = await stopCli(child);
+      assert.deepEqual([exit.code, exit.signal], [0, null], child.describe());
+      assert.equal(child.err, '', 'nothing on stderr');
+    });
+  }
+
+  test('a range of 3 ports maps each port to its counterpart', async () => {
+    const targets = await startServerRange(3, (i) => (socket) => socket.end(`server ${i}\n`));
+    servers.push(targets);
+    const first = await freeRange(3);
+    const { child, ports } = await startCli(
+      ['-p', `${V4}:${first}-${first + 2}:${V4}:${targets.first}-${targets.first + 2}`],
+      3,
+    );
+    assert.deepEqual(ports, [first, first + 1, first + 2]);
+    for (let i = 0; i < 3; i++) {
+      const got = await exchange(first + i, V4, Buffer.alloc(0), { keep: true });
+      assert.equal(got.data.toString(), `server ${i}\n`, `port ${first + i} reaches target ${i}`);
+    }
+    assert.equal((await stopCli(child)).code, 0);
+  });
+
+  test('IPv6 listen address in brackets, IPv4 target; host port 0 picks a free port', async () => {
+    const echo = await echoServer();
+    const { child, ports } = await startCli(['-p', `[${V6}]:0:${V4}:${echo.port}`]);
+    assert.ok(ports[0] > 0);
+    assert.match(child.lines[0], /tcp \[::1\]:\d+ -> 127\.0\.0\.1:\d+$/);
+    const got = await exchange(ports[0], V6, Buffer.from('v6'), { keep: true });
+    assert.equal(got.data.toString(), 'v6');
+    assert.equal((await stopCli(child)).code, 0);
+  });
+
+  test('-p .../udp forwards datagrams both ways', async () => {
+    const echo = await startUdpEcho();
+    servers.push(echo);
+    const port = await freeUdpPort();
+    const child = spawnCli(['-p', `${V4}:${port}:${V4}:${echo.port}/udp`]);
+    await child.waitLine(/^portsplice: mapping 1 udp /);
+    const reply = await udpRoundTrip(port, Buffer.from('datagram'));
+    assert.equal(reply.toString(), 'datagram');
+    assert.equal((await stopCli(child)).code, 0);
+  });
+
+  test("docker-proxy's flags (Go syntax) forward one port", async () => {
+    const echo = await echoServer();
+    const port = await freePort();
+    const child = spawnCli(
+      [
+        '-proto',
+        'tcp',
+        '-host-ip',
+        V4,
+        `-host-port=${port}`,
+        '--container-ip',
+        V4,
+        '-container-port',
+        String(echo.port),
+      ],
+      { statusPipe: true },
+    );
+    await child.until(() => child.status === '0\n', 'status 0 on fd 3');
+    const got = await exchange(port, V4, Buffer.from('docker'), { keep: true });
+    assert.equal(got.data.toString(), 'docker');
+    assert.equal((await stopCli(child)).code, 0);
+  });
+
+  test('--config file with API-shaped mappings and -p strings', async () => {
+    const echo = await echoServer();
+    const [a, b] = [await freePort(), await freePort()];
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portsplice-cli-'));
+    const file = path.join(dir, 'ports.json');
+    fs.writeFileSync(
+      file,
+      JSON.stringify({
+        engine: 'stream',
+        mappings: [
+          { proto: 'tcp', listen: { host: V4, port: a }, target: { host: V4, port: echo.port } },
+          `${V4}:${b}:${V4}:${echo.port}`,
+        ],
+      }),
+    );
+    try {
+      const { child, ports } = await startCli(['--config', file], 2);
+      assert.deepEqual(ports, [a, b]);
+      for (const port of ports) {
+        const got = await exchange(port, V4, Buffer.from(`via ${port}`), { keep: true });
+        assert.equal(got.data.toString(), `via ${port}`);
+      }
+      assert.equal((await stopCli(child)).code, 0);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('stats output', () => {
+  test('--json prints parseable lines with the counters (bytes as strings)', async () => {
+    const echo = await echoServer();
+    const port = await freePort();
+    const child = spawnCli(['--json', '--interval', '0.1', '-p', `${V4}:${port}:${V4}:${echo.port}`]);
+    const firstLine = await child.waitLine(() => true, 'the first JSON line');
+    const first = JSON.parse(firstLine);
+    assert.equal(typeof first.time, 'string');
+    assert.ok(['splice', 'stream'].includes(first.engine));
+    assert.equal(first.mappings.length, 1);
+    assert.equal(first.mappings[0].listen.port, port);
+    await exchange(port, V4, Buffer.alloc(12345, 1));
+    const line = await child.waitLine((l) => {
+      const m = JSON.parse(l).mappings[0];
+      return m.bytes.toTarget === '12345' && m.bytes.toClient === '12345' && m.connections.active === 0;
+    }, 'with 12345 bytes each way');
+    const m = JSON.parse(line).mappings[0];
+    assert.deepEqual(m.connections, { accepted: 1, active: 0, failed: 0 });
+    assert.equal(m.proto, 'tcp');
+    assert.deepEqual(m.target, { host: V4, port: echo.port });
+    assert.equal(BigInt(m.bytes.spliced) + BigInt(m.bytes.copied), 24690n);
+    for (const l of child.lines) JSON.parse(l); // every stdout line is JSON
+    assert.equal((await stopCli(child)).code, 0);
+    for (const l of child.lines) JSON.parse(l);
+  });
+
+  test('--metrics serves Prometheus text with the byte totals', async () => {
+    const echo = await echoServer();
+    const [port, metricsPort] = [await freePort(), await freePort()];
+    const { child } = await startCli([
+      '--metrics',
+      `${V4}:${metricsPort}`,
+      '-p',
+      `${V4}:${port}:${V4}:${echo.port}`,
+    ]);
+    await child.waitLine(/metrics on http:/);
+    await exchange(port, V4, Buffer.alloc(4000, 7));
+    await exchange(port, V4, Buffer.alloc(1000, 7));
+    const labels = `mapping="1",proto="tcp",listen="127.0.0.1:${port}",target="127.0.0.1:${echo.port}"`;
+    let res;
+    await waitFor(
+      async () => {
+        res = await httpGet(metricsPort);
+        return res.text.includes(`portsplice_connections_active{${labels}} 0`);
+      },
+      { what: 'connections closed in metrics', describe: () => res?.text },
+    );
+    assert.equal(res.status, 200);
+    assert.match(res.type, /^text\/plain; version=0\.0\.4/);
+    const has = (line) =>
+      assert.ok(res.text.split('\n').includes(line), `metrics contain ${line}\n${res.text}`);
+    has(`portsplice_bytes_total{${labels},direction="to_target"} 5000`);
+    has(`portsplice_bytes_total{${labels},direction="to_client"} 5000`);
+    has(`portsplice_connections_accepted_total{${labels}} 2`);
+    has(`portsplice_connections_failed_total{${labels}} 0`);
+    assert.match(res.text, /# TYPE portsplice_bytes_total counter/);
+    assert.match(res.text, /# TYPE portsplice_connections_active gauge/);
+    for (const line of res.text.split('\n')) {
+      if (line && !line.startsWith('#')) assert.match(line, /^portsplice_/, 'every metric is prefixed');
+    }
+    assert.equal((await httpGet(metricsPort, '/nope')).status, 404);
+    assert.equal((await stopCli(child)).code, 0);
+  });
+});
+
+describe('signals', () => {
+  test('SIGTERM with an idle open connection: stops accepting, exits 0 after the drain timeout', async () => {
+    const echo = await echoServer();
+    const port = await freePort();
+    const { child } = await startCli(['--drain-timeout', '1', '-p', `${V4}:${port}:${V4}:${echo.port}`]);
+    const idle = await connect(port);
+    await pingEcho(idle);
+    child.kill('SIGTERM');
+    // New connections are refused while the process still runs (draining).
+    await waitFor(
+      async () => {
+        try {
+          await expectRefused(port);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      { timeout: 2000, what: 'new connections refused' },
+    );
+    const exit = await child.waitExit(1000 + 2000 + 1000);
+    assert.deepEqual([exit.code, exit.signal], [0, null], child.describe());
+    assert.ok(exit.ms < 1000 + 2000 + 2000, `exited in ${exit.ms} ms`);
+    await waitPeerClosed(idle, 2000, 'idle connection closed after the drain timeout');
+    idle.destroy();
+  });
+
+  test('SIGTERM while a connection is finishing: it completes and the CLI exits 0 promptly', async () => {
+    let gotRequest;
+    const requested = new Promise((resolve) => (gotRequest = resolve));
+    const slow = await startServer((socket) => {
+      socket.once('data', () => {
+        gotRequest();
+        setTimeout(() => socket.end('response after 300 ms\n'), 300);
+      });
+    });
+    servers.push(slow);
+    const port = await freePort();
+    const { child } = await startCli(['--drain-timeout', '10', '-p', `${V4}:${port}:${V4}:${slow.port}`]);
+    const socket = await connect(port);
+    const chunks = [];
+    socket.on('data', (c) => chunks.push(c));
+    const ended = new Promise((resolve) => socket.once('end', resolve));
+    socket.write('request\n');
+    await withTimeout(requested, 5000, 'the request reached the server');
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    await withTimeout(ended, 5000, 'the response to end', () => socket.destroy());
+    assert.equal(Buffer.concat(chunks).toString(), 'response after 300 ms\n');
+    socket.end();
+    const exit = await child.waitExit(5000);
+    assert.deepEqual([exit.code, exit.signal], [0, null], child.describe());
+    assert.ok(Date.now() - t0 < 3000, `exited ${Date.now() - t0} ms after SIGTERM`);
+  });
+
+  test('a second signal exits at once', async () => {
+    const echo = await echoServer();
+    const port = await freePort();
+    const { child } = await startCli(['--drain-timeout', '30', '-p', `${V4}:${port}:${V4}:${echo.port}`]);
+    const idle = await connect(port);
+    await pingEcho(idle);
+    child.kill('SIGTERM');
+    await sleep(300);
+    assert.equal(child.exitInfo, undefined, 'still draining after the first signal');
+    const t0 = Date.now();
+    child.kill('SIGINT');
+    const exit = await child.waitExit(2000);
+    assert.ok(Date.now() - t0 < 1500, `exited ${Date.now() - t0} ms after the second signal`);
+    assert.notEqual(exit.code, 0, 'a forced exit is not a clean one');
+    idle.destroy();
+  });
+});
+
+describe("docker-proxy's status pipe (fd 3)", () => {
+  test('writes 0\\n once listening', async () => {
+    const echo = await echoServer();
+    const port = await freePort();
+    const child = spawnCli(['-p', `${V4}:${port}:${V4}:${echo.port}`], { statusPipe: true });
+    await child.until(() => child.status.length >= 2, 'the status on fd 3');
+    assert.equal(child.status, '0\n');
+    // Listening by the time it says so.
+    const got = await exchange(port, V4, Buffer.from('ready'), { keep: true });
+    assert.equal(got.data.toString(), 'ready');
+    assert.equal((await stopCli(child)).code, 0);
+    assert.equal(child.status, '0\n', 'written exactly once');
+  });
+
+  test('writes 1\\n and the error, and exits 1, when the port is in use', async () => {
+    const busy = await startServer(() => {});
+    servers.push(busy);
+    const child = spawnCli(
+      ['-host-ip', V4, '-host-port', String(busy.port), '-container-ip', V4, '-container-port', '9'],
+      {
+        statusPipe: true,
+      },
+    );
+    const exit = await child.waitExit();
+    assert.equal(exit.code, 1, child.describe());
+    await child.until(() => child.status.startsWith('1\n') && child.status.length > 2, 'the status on fd 3');
+    assert.match(child.status, /^1\n.*(EADDRINUSE|in use)/is);
+    assert.match(child.err, /EADDRINUSE|in use/i);
+  });
+});
+
+describe('bad arguments', () => {
+  const cases = [
+    {
+      name: 'bad port',
+      args: (p) => ['-p', `${V4}:70000:${V4}:${p}`],
+      message: /host port must be a number from 0 to 65535, got "70000"/,
+    },
+    {
+      name: 'reversed range',
+      args: (p) => ['-p', `${V4}:${p + 2}-${p}:${V4}:${p}-${p + 2}`],
+      message: /reversed/,
+    },
+    {
+      name: 'range length mismatch',
+      args: (p) => ['-p', `${V4}:${p}-${p + 2}:${V4}:80`],
+      message: /same length/,
+    },
+    {
+      name: 'unknown flag',
+      args: (p) => ['-p', `${V4}:${p}:${V4}:80`, '--frobnicate'],
+      message: /unknown flag: --frobnicate/,
+    },
+    { name: 'missing target', args: (p) => ['-p', `${V4}:${p}:80`], message: /TARGET_IP:TARGET_PORT/ },
+    {
+      name: 'flag without value',
+      args: (p) => ['-p', `${V4}:${p}:${V4}:80`, '--engine'],
+      message: /--engine needs a value/,
+    },
+    { name: 'no mappings', args: () => ['--json'], message: /no mappings/ },
+    {
+      name: '-use-listen-fd',
+      args: (p) => ['-use-listen-fd', '-host-port', String(p), '-container-ip', V4, '-container-port', '80'],
+      message: /native/,
+    },
+  ];
+  for (const c of cases) {
+    test(`${c.name}: exit 2, says what is wrong, prints the help, listens on nothing`, async () => {
+      const port = await freeRange(3);
+      const child = spawnCli(c.args(port), { statusPipe: true });
+      const exit = await child.waitExit();
+      assert.equal(exit.code, 2, child.describe());
+      assert.match(child.err, c.message);
+      assert.match(child.err, /Usage: portsplice/);
+      assert.equal(child.out, '');
+      await child.until(() => child.status.startsWith('1\n'), 'status 1 on fd 3');
+      for (let i = 0; i < 3; i++) assert.ok(await canBind(port + i), `port ${port + i} is free`);
+    });
+  }
+
+  test('--help and --version exit 0', async () => {
+    const help = spawnCli(['--help']);
+    assert.equal((await help.waitExit()).code, 0);
+    assert.match(help.out, /^Usage: portsplice/);
+    const version = spawnCli(['-version']);
+    assert.equal((await version.waitExit()).code, 0);
+    const pkg = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
+    assert.equal(version.out, `portsplice ${pkg.version}\n`);
+  });
+});
+
+describe('all or nothing', () => {
+  test('when the second mapping cannot bind, exit 1 and the first port is free again', async () => {
+    const echo = await echoServer();
+    const busy = await startServer(() => {});
+    servers.push(busy);
+    const port = await freePort();
+    const child = spawnCli([
+      '-p',
+      `${V4}:${port}:${V4}:${echo.port}`,
+      '-p',
+      `${V4}:${busy.port}:${V4}:${echo.port}`,
+    ]);
+    const exit = await child.waitExit();
+    assert.equal(exit.code, 1, child.describe());
+    assert.match(child.err, new RegExp(`cannot listen on tcp 127\\.0\\.0\\.1:${busy.port}.*mapping 2 of 2`));
+    assert.match(child.err, /EADDRINUSE|in use/i);
+    assert.doesNotMatch(child.err, /Usage:/, 'a runtime failure is not a usage error');
+    await expectRefused(port);
+    assert.ok(await canBind(port), 'the first port can be bound again');
+  });
+
+  test('a metrics port in use: exit 1 before any mapping listens', async () => {
+    const busy = await startServer(() => {});
+    servers.push(busy);
+    const port = await freePort();
+    const child = spawnCli(['--metrics', `${V4}:${busy.port}`, '-p', `${V4}:${port}:${V4}:9`]);
+    const exit = await child.waitExit();
+    assert.equal(exit.code, 1, child.describe());
+    assert.match(child.err, /cannot serve metrics/);
+    assert.ok(await canBind(port));
+  });
+});
