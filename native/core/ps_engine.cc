@@ -7,6 +7,12 @@
 
 namespace ps {
 
+namespace {
+
+constexpr int kUdpListenBufferSize = 4 << 20;
+
+}  // namespace
+
 Engine::~Engine() {
   if (running()) stop(0);
   join();
@@ -71,6 +77,14 @@ Error Engine::add_socket(UniqueFd fd, const MappingConfig& config, uint64_t requ
     // On an IPv6 socket this also covers IPv4-mapped traffic; an IPv6-only one refuses it.
     if (setsockopt(fd.get(), IPPROTO_IP, IP_PKTINFO, &one, sizeof one) < 0 && bound.family() == AF_INET) {
       return {-errno, "setsockopt"};
+    }
+    // Every client shares this socket's receive queue: the kernel default (about 200 KiB,
+    // some 90 datagrams of 1,400 bytes) overflows at the first burst. Ask for more; root
+    // may pass net.core.rmem_max, others get what it allows. Memory is used only while
+    // datagrams wait.
+    int size = kUdpListenBufferSize;
+    if (setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) < 0) {
+      setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
     }
   }
 

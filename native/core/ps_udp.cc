@@ -1,6 +1,7 @@
 #include "ps_udp.h"
 
 #include <errno.h>
+#include <netinet/udp.h>
 #include <string.h>
 
 #include <new>
@@ -60,6 +61,19 @@ size_t write_source_control(const LocalAddress& local, char* buffer) {
     return CMSG_SPACE(sizeof info);
   }
   return 0;
+}
+
+// Writes a UDP_SEGMENT control message (UDP GSO). Returns its length.
+size_t write_segment_size(uint16_t size, char* buffer) {
+  msghdr header{};
+  header.msg_control = buffer;
+  header.msg_controllen = CMSG_SPACE(sizeof size);
+  cmsghdr* c = CMSG_FIRSTHDR(&header);
+  c->cmsg_level = SOL_UDP;
+  c->cmsg_type = UDP_SEGMENT;
+  c->cmsg_len = CMSG_LEN(sizeof size);
+  memcpy(CMSG_DATA(c), &size, sizeof size);
+  return CMSG_SPACE(sizeof size);
 }
 
 // Points a batch's receive headers at its buffers.
@@ -207,19 +221,15 @@ void UdpForwarder::forward_requests() {
         i++;
         continue;
       }
-      // Consecutive datagrams of one client go to its flow in one sendmmsg.
+      // Consecutive datagrams of one client go to its flow together.
       int count = 0;
       while (i < n && !(batch->in[i].msg_hdr.msg_flags & MSG_TRUNC) && key_of(batch->names[i]) == flow->key) {
         batch->out_iov[count].iov_base = batch->in_iov[i].iov_base;
         batch->out_iov[count].iov_len = batch->in[i].msg_len;
-        msghdr& out = batch->out[count].msg_hdr;
-        out = msghdr{};
-        out.msg_iov = &batch->out_iov[count];
-        out.msg_iovlen = 1;
         count++;
         i++;
       }
-      send_batch(flow->fd.get(), batch->out, count, true);
+      send_batch(flow->fd.get(), batch->out_iov, count, nullptr, nullptr);
     }
     if (n < UdpBatch::kMessages) return;
   }
@@ -228,7 +238,6 @@ void UdpForwarder::forward_requests() {
 void UdpForwarder::forward_replies(Flow* flow) {
   UdpBatch* batch = worker_->udp_batch();
   if (batch == nullptr) return;
-  size_t control_length = write_source_control(flow->local, batch->out_control[0]);
   for (int round = 0; round < kMaxRounds; round++) {
     prepare_receive(batch, false);
     int n = recvmmsg(flow->fd.get(), batch->in, UdpBatch::kMessages, MSG_DONTWAIT, nullptr);
@@ -246,19 +255,9 @@ void UdpForwarder::forward_replies(Flow* flow) {
       }
       batch->out_iov[count].iov_base = batch->in_iov[i].iov_base;
       batch->out_iov[count].iov_len = batch->in[i].msg_len;
-      msghdr& out = batch->out[count].msg_hdr;
-      out = msghdr{};
-      out.msg_name = &flow->client.storage;
-      out.msg_namelen = flow->client.length;
-      out.msg_iov = &batch->out_iov[count];
-      out.msg_iovlen = 1;
-      if (control_length > 0) {
-        out.msg_control = batch->out_control[0];
-        out.msg_controllen = control_length;
-      }
       count++;
     }
-    send_batch(listen_watcher_.fd, batch->out, count, false);
+    send_batch(listen_watcher_.fd, batch->out_iov, count, &flow->client, &flow->local);
     // A reply keeps the flow alive; the oldest flows sit at the front of the list.
     flow->last_active_ms = worker_->now_ms();
     flow->lru.unlink();
@@ -267,15 +266,66 @@ void UdpForwarder::forward_replies(Flow* flow) {
   }
 }
 
-void UdpForwarder::send_batch(int fd, mmsghdr* messages, int count, bool toward_target) {
+int UdpForwarder::gso_run(const iovec* datagrams, int count) const {
+  if (!gso_ || count < 2) return 1;
+  size_t segment = datagrams[0].iov_len;
+  if (segment == 0 || segment > kMaxGsoSegment) return 1;
+  size_t total = segment;
+  int run = 1;
+  while (run < count && run < kMaxGsoSegments) {
+    size_t length = datagrams[run].iov_len;
+    if (length == 0 || length > segment || total + length > kMaxGsoBytes) break;
+    total += length;
+    run++;
+    if (length < segment) break;  // Only the last segment may be shorter.
+  }
+  return run;
+}
+
+void UdpForwarder::send_batch(int fd, iovec* datagrams, int count, const SocketAddress* to, const LocalAddress* from) {
+  UdpBatch* batch = worker_->udp_batch();
+  bool toward_target = to == nullptr;
+  // One message a datagram, or with UDP GSO one message for a run of datagrams of the
+  // same size: the kernel builds and routes one packet and cuts it up at the last moment.
+  int first[UdpBatch::kMessages];
+  int segments[UdpBatch::kMessages];
+  int messages = 0;
+  for (int i = 0; i < count;) {
+    int run = gso_run(datagrams + i, count - i);
+    msghdr& h = batch->out[messages].msg_hdr;
+    h = msghdr{};
+    if (to != nullptr) {
+      h.msg_name = const_cast<sockaddr_storage*>(&to->storage);
+      h.msg_namelen = to->length;
+    }
+    h.msg_iov = datagrams + i;
+    h.msg_iovlen = static_cast<size_t>(run);
+    size_t control = 0;
+    char* buffer = batch->out_control[messages];
+    if (from != nullptr) control += write_source_control(*from, buffer);
+    if (run > 1) control += write_segment_size(static_cast<uint16_t>(datagrams[i].iov_len), buffer + control);
+    if (control > 0) {
+      h.msg_control = buffer;
+      h.msg_controllen = control;
+    }
+    first[messages] = i;
+    segments[messages] = run;
+    messages++;
+    i += run;
+  }
+
   bool retried = false;
   int done = 0;
-  while (done < count) {
-    int sent = sendmmsg(fd, messages + done, count - done, MSG_DONTWAIT);
+  while (done < messages) {
+    int sent = sendmmsg(fd, batch->out + done, messages - done, MSG_DONTWAIT);
     if (sent > 0) {
       uint64_t bytes = 0;
-      for (int k = done; k < done + sent; k++) bytes += messages[k].msg_len;
-      (toward_target ? counters_->datagrams_to_target : counters_->datagrams_to_client).add(sent);
+      uint64_t count_sent = 0;
+      for (int k = done; k < done + sent; k++) {
+        bytes += batch->out[k].msg_len;
+        count_sent += static_cast<uint64_t>(segments[k]);
+      }
+      (toward_target ? counters_->datagrams_to_target : counters_->datagrams_to_client).add(count_sent);
       (toward_target ? counters_->to_target : counters_->to_client).add(bytes);
       counters_->copied.add(bytes);
       done += sent;
@@ -289,10 +339,17 @@ void UdpForwarder::send_batch(int fd, mmsghdr* messages, int count, bool toward_
       continue;
     }
     if (error == EAGAIN || error == EWOULDBLOCK || error == ENOBUFS) {
-      counters_->dropped_queue_full.add(count - done);
+      for (int k = done; k < messages; k++) counters_->dropped_queue_full.add(static_cast<uint64_t>(segments[k]));
       return;
     }
-    (error == ECONNREFUSED ? counters_->dropped_refused : counters_->dropped_other).add(1);
+    if (segments[done] > 1 && error != ECONNREFUSED) {
+      // The path refused segmentation offload (an MTU below the segment, a device
+      // without it): send this run one datagram at a time, and stop using it here.
+      gso_ = false;
+      send_batch(fd, datagrams + first[done], segments[done], to, from);
+    } else {
+      (error == ECONNREFUSED ? counters_->dropped_refused : counters_->dropped_other).add(1);
+    }
     done++;
   }
 }

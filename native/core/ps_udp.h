@@ -109,12 +109,23 @@ class UdpForwarder final : public EventHandler {
   void close_flow(Flow* flow, Counter* reason);
   void forward_requests();
   void forward_replies(Flow* flow);
-  void send_batch(int fd, mmsghdr* messages, int count, bool toward_target);
+  // How many of `datagrams` can go out as one UDP GSO message (1: no offload).
+  int gso_run(const iovec* datagrams, int count) const;
+  // Sends `count` datagrams: to the connected target when `to` is null, else to `to`
+  // from the source address `from`. Counts what was sent and what was dropped.
+  void send_batch(int fd, iovec* datagrams, int count, const SocketAddress* to, const LocalAddress* from);
+
+  // UDP GSO: at most 64 segments (UDP_MAX_SEGMENTS) and one IP packet's worth of bytes,
+  // and segments that fit a 1,500-byte MTU, so that no path refuses them.
+  static constexpr int kMaxGsoSegments = 64;
+  static constexpr size_t kMaxGsoBytes = 65000;
+  static constexpr size_t kMaxGsoSegment = 1452;
 
   Worker* worker_;
   std::shared_ptr<Mapping> mapping_;
   ThreadCounters* counters_;
   Watcher listen_watcher_;
+  bool gso_ = true;  // Cleared when the kernel refuses UDP GSO.
   std::unordered_map<FlowKey, Flow*, FlowKeyHash> flows_;
   List<Flow> lru_;
 };
