@@ -33,6 +33,30 @@
       "conditions": [
         ["OS!='linux'", { "type": "none" }]
       ]
+    },
+    {
+      "target_name": "portsplice-docker-proxy",
+      "type": "executable",
+      "sources": [
+        "<@(core_sources)",
+        "native/cli/flags.cc",
+        "native/cli/main.cc",
+        "native/cli/status_pipe.cc"
+      ],
+      "defines": [
+        "PORTSPLICE_VERSION=\"<!(node -p \"require('./package.json').version\")\""
+      ],
+      "cflags!": ["-O2", "-O3", "-Os"],
+      "cflags_cc!": ["-std=gnu++17", "-std=c++17", "-std=gnu++20"],
+      "cflags": ["-O3", "-fvisibility=hidden", "-Wall", "-Wextra"],
+      "cflags_cc": ["-std=c++17", "-fvisibility-inlines-hidden"],
+      "ldflags": [
+        "<!@(t=$(mktemp -d) && ${CXX:-g++} -std=c++17 -static -pthread native/cli/static_link_probe.cc -o $t/probe >/dev/null 2>&1 && echo -static; rm -rf $t)"
+      ],
+      "libraries": ["-lpthread"],
+      "conditions": [
+        ["OS!='linux'", { "type": "none" }]
+      ]
     }
   ]
 }

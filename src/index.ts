@@ -9,3 +9,4 @@
  */
 export { createProxy } from './proxy.js';
 export type * from './types.js';
+export { dockerProxyPath } from './docker-proxy-path.js';
