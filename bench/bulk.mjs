@@ -2,8 +2,12 @@
 // loopback, for each engine, with the proxy's CPU time. The client and the sink run in a
 // child process, so the CPU figure is the proxy's alone.
 //
-//   node bench/bulk.mjs [--bytes 1073741824] [--engines direct,splice,stream] [--streams 1]
-import { fork } from 'node:child_process';
+//   node bench/bulk.mjs [--bytes 1073741824] [--engines direct,splice,stream,docker-proxy] [--streams 1]
+//
+// "docker-proxy" runs /usr/sbin/docker-proxy (Debian's docker.io) when it is installed;
+// "binary" runs portsplice's own drop-in binary. Their CPU time comes from /proc/PID/stat.
+import { fork, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { createProxy } from '../dist/index.js';
@@ -54,12 +58,51 @@ function once(child, type) {
   });
 }
 
+const EXTERNAL = {
+  'docker-proxy': '/usr/sbin/docker-proxy',
+  binary: new URL('../build/Release/portsplice-docker-proxy', import.meta.url).pathname,
+};
+
+/** CPU seconds a process has used, from /proc/PID/stat (utime + stime). */
+function processCpuSeconds(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** Starts a docker-proxy-compatible binary and waits for "0\n" on its status pipe (fd 3). */
+async function startExternal(path, port, targetPort) {
+  const args = ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port)];
+  args.push('-container-ip', '127.0.0.1', '-container-port', String(targetPort));
+  const child = spawn(path, args, { stdio: ['ignore', 'inherit', 'inherit', 'pipe'] });
+  const status = await new Promise((resolve) => {
+    let text = '';
+    child.stdio[3].on('data', (d) => (text += d));
+    child.stdio[3].on('close', () => resolve(text));
+  });
+  if (!status.startsWith('0')) throw new Error(`${path} failed to start: ${status}`);
+  return child;
+}
+
+async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
 async function measure(engine, bytes, streams, pipeSize) {
+  if (EXTERNAL[engine] && !existsSync(EXTERNAL[engine]))
+    return { engine, skipped: `${EXTERNAL[engine]} not found` };
   const child = fork(new URL(import.meta.url), ['--peer'], { stdio: 'inherit' });
   const { port: sinkPort } = await once(child, 'sink');
   let port = sinkPort;
   let proxy;
-  if (engine !== 'direct') {
+  let external;
+  if (EXTERNAL[engine]) {
+    port = await freePort();
+    external = await startExternal(EXTERNAL[engine], port, sinkPort);
+  } else if (engine !== 'direct') {
     proxy = createProxy({ engine, ...(engine === 'splice' && pipeSize ? { pipeSize } : {}) });
     const mapping = await proxy.add({
       proto: 'tcp',
@@ -69,6 +112,7 @@ async function measure(engine, bytes, streams, pipeSize) {
     port = mapping.listen.port;
   }
   const per = Math.floor(bytes / streams);
+  const externalCpu = external ? processCpuSeconds(external.pid) : 0;
   const cpu = process.cpuUsage();
   const start = process.hrtime.bigint();
   const done = Promise.all(Array.from({ length: streams }, () => once(child, 'received')));
@@ -76,11 +120,14 @@ async function measure(engine, bytes, streams, pipeSize) {
   const received = await done;
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
   const used = process.cpuUsage(cpu);
+  const cpuSeconds = external
+    ? processCpuSeconds(external.pid) - externalCpu
+    : (used.user + used.system) / 1e6;
+  external?.kill('SIGINT');
   await proxy?.close();
   child.send({ type: 'exit' });
   const total = received.reduce((sum, r) => sum + r.bytes, 0);
   if (total !== per * streams) throw new Error(`${engine}: received ${total} of ${per * streams} bytes`);
-  const cpuSeconds = (used.user + used.system) / 1e6;
   return { engine, bytes: total, seconds, gbps: (total * 8) / seconds / 1e9, cpuSeconds };
 }
 
