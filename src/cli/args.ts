@@ -97,7 +97,8 @@ docker-proxy compatibility (Go flag syntax: -flag value, -flag=value, --flag val
   -host-port PORT        Listen port.
   -container-ip IP       Target address.
   -container-port PORT   Target port.
-  -use-listen-fd         Not supported by the Node CLI (use the native binary).
+  -use-listen-fd         Not supported by the Node CLI: use the native
+                         portsplice-docker-proxy (its path is exported as dockerProxyPath).
   When fd 3 is a pipe, "0\\n" is written to it once every port is listening, or "1\\n" and
   the error before exiting 1.
 
