@@ -11,6 +11,8 @@ export const DEFAULT_BACKLOG = 4096;
 export const MAX_THREADS = 64;
 export const DEFAULT_UDP_TIMEOUT_MS = 90_000;
 export const DEFAULT_UDP_MAX_FLOWS = 4096;
+/** The most UDP flows a mapping may keep (each holds a socket). */
+export const MAX_UDP_FLOWS = 2 ** 20;
 
 const ENGINES: readonly EngineName[] = ['splice', 'stream'];
 const PROTOS: readonly Proto[] = ['tcp', 'udp'];
@@ -181,7 +183,7 @@ export function validateMapping(options: unknown): ResolvedMapping {
     udpMaxFlows:
       o.udpMaxFlows === undefined
         ? DEFAULT_UDP_MAX_FLOWS
-        : checkInteger(o.udpMaxFlows, 'udpMaxFlows', 1, 2 ** 20),
+        : checkInteger(o.udpMaxFlows, 'udpMaxFlows', 1, MAX_UDP_FLOWS),
   };
 }
 

@@ -123,6 +123,18 @@ export class StreamTcpMapping implements StreamMapping {
       if (!to.write(chunk)) from.pause();
     });
     to.on('drain', () => from.resume());
-    from.on('end', () => to.end());
+    from.on('end', () => {
+      // libuv reports a reset that arrives behind unread data as a plain end of stream
+      // (it stops reading at the hang-up). An empty write tells them apart: it fails on a
+      // reset socket and does nothing on one that sent FIN.
+      if (from.writableEnded || from.destroyed) {
+        to.end();
+        return;
+      }
+      from.write(Buffer.alloc(0), (error) => {
+        if (error) reset(to);
+        else to.end();
+      });
+    });
   }
 }

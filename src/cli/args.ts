@@ -5,6 +5,7 @@
  * Nothing is started until parsing has fully succeeded.
  */
 import { isIP } from 'node:net';
+import { MAX_UDP_FLOWS } from '../config.js';
 import type { EngineName, MappingOptions, Proto } from '../types.js';
 
 /** A bad command line or config file: the message says what is wrong (the CLI exits 2). */
@@ -356,7 +357,7 @@ function parseConfigMapping(value: unknown, where: string): MappingOptions {
     mapping.udpTimeoutMs = checkInteger(value.udpTimeoutMs, `${where}.udpTimeoutMs`, 1, INT_MAX);
   }
   if (value.udpMaxFlows !== undefined) {
-    mapping.udpMaxFlows = checkInteger(value.udpMaxFlows, `${where}.udpMaxFlows`, 1, INT_MAX);
+    mapping.udpMaxFlows = checkInteger(value.udpMaxFlows, `${where}.udpMaxFlows`, 1, MAX_UDP_FLOWS);
   }
   return mapping;
 }
@@ -537,7 +538,7 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
       name = eq < 0 ? body : body.slice(0, eq);
       value = eq < 0 ? undefined : body.slice(eq + 1);
     }
-    const flag = FLAGS[name];
+    const flag = Object.hasOwn(FLAGS, name) ? FLAGS[name] : undefined;
     if (flag === undefined) throw new UsageError(`unknown flag: ${arg.split('=')[0]}`);
     const shown = arg.startsWith('--') ? `--${name}` : `-${name}`;
     if (BOOLEAN_FLAGS.has(flag)) {
