@@ -18,5 +18,9 @@ const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 /**
  * The absolute path of the portsplice-docker-proxy executable, which node-gyp builds next to the
  * addon. It runs without Node, takes docker-proxy's flags and speaks its fd 3 protocol.
+ * PORTSPLICE_DOCKER_PROXY names another build of it instead (a cmake-js or sanitizer build), as
+ * PORTSPLICE_ADDON does for the addon; a relative path is taken from the current directory.
  */
-export const dockerProxyPath: string = path.join(packageRoot, 'build', 'Release', 'portsplice-docker-proxy');
+export const dockerProxyPath: string = process.env.PORTSPLICE_DOCKER_PROXY
+  ? path.resolve(process.env.PORTSPLICE_DOCKER_PROXY)
+  : path.join(packageRoot, 'build', 'Release', 'portsplice-docker-proxy');

@@ -61,16 +61,15 @@ NativeProxy::NativeProxy(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   if (info.Length() > 2 && info[2].IsNumber()) options.pipe_size = info[2].As<Napi::Number>().Uint32Value();
   if (info.Length() > 3 && info[3].IsNumber()) options.max_pipes = info[3].As<Napi::Number>().Uint32Value();
 
-  completions_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "portsplice completions", 0, 1);
+  completions_ = Completions::New(env, info[1].As<Napi::Function>(), "portsplice completions", 0, 1, this);
   // Workers post completions from their threads; the queue is unbounded, so a worker
   // never blocks on JavaScript.
-  Napi::ThreadSafeFunction tsfn = completions_;
-  int rc = engine_.start(options, [tsfn, this](uint64_t request, int result) mutable {
+  Completions tsfn = completions_;
+  int rc = engine_.start(options, [tsfn](uint64_t request, int result) {
+    // Request 0 is a stop that nobody waits for (ShutdownNow): nothing to deliver.
+    if (request == 0) return;
     auto* completion = new Completion{request, result};
-    auto deliver = [this](Napi::Env env, Napi::Function callback, Completion* c) {
-      DeliverCompletion(env, callback, this, c);
-    };
-    if (tsfn.NonBlockingCall(completion, deliver) != napi_ok) delete completion;
+    if (tsfn.NonBlockingCall(completion) != napi_ok) delete completion;
   });
   if (rc < 0) {
     completions_.Release();
@@ -214,8 +213,8 @@ static bool ReadMappingCommand(const Napi::CallbackInfo& info, const char* usage
 }
 
 Napi::Value NativeProxy::StopListening(const Napi::CallbackInfo& info) {
-  uint64_t request;
-  uint32_t id;
+  uint64_t request = 0;
+  uint32_t id = 0;
   if (ReadMappingCommand(info, "stopListening(requestId, mappingId)", &request, &id)) {
     int rc = engine_.stop_listening(id, request);
     if (rc < 0) SystemError(info.Env(), {rc, "stopListening"}, "", 0).ThrowAsJavaScriptException();
@@ -224,8 +223,8 @@ Napi::Value NativeProxy::StopListening(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value NativeProxy::Remove(const Napi::CallbackInfo& info) {
-  uint64_t request;
-  uint32_t id;
+  uint64_t request = 0;
+  uint32_t id = 0;
   if (ReadMappingCommand(info, "remove(requestId, mappingId)", &request, &id)) {
     int rc = engine_.remove(id, request);
     if (rc < 0) SystemError(info.Env(), {rc, "remove"}, "", 0).ThrowAsJavaScriptException();

@@ -34,8 +34,14 @@ class NativeProxy : public Napi::ObjectWrap<NativeProxy> {
   Napi::Value Ref(const Napi::CallbackInfo& info);
   Napi::Value Unref(const Napi::CallbackInfo& info);
 
-  // Runs on the JavaScript thread for every completion a worker posted.
+  // Runs on the JavaScript thread for every completion a worker posted, and with a null
+  // env for each one still queued when the environment tears the queue down: it always
+  // frees the completion.
   static void DeliverCompletion(Napi::Env env, Napi::Function callback, NativeProxy* self, Completion* completion);
+  // A typed thread-safe function, so that DeliverCompletion also sees the completions
+  // still queued at teardown: the untyped Napi::ThreadSafeFunction skips its callback
+  // when the env is null and leaks them (LeakSanitizer found it).
+  using Completions = Napi::TypedThreadSafeFunction<NativeProxy, Completion, &NativeProxy::DeliverCompletion>;
   // The environment is going away (worker exit, process exit): stop and join now.
   static void OnEnvironmentCleanup(void* self);
 
@@ -43,7 +49,7 @@ class NativeProxy : public Napi::ObjectWrap<NativeProxy> {
   void ShutdownNow();
 
   ps::Engine engine_;
-  Napi::ThreadSafeFunction completions_;
+  Completions completions_;
   bool completions_released_ = false;
   bool cleanup_hook_registered_ = false;
   std::unique_ptr<Napi::Promise::Deferred> close_deferred_;

@@ -262,12 +262,16 @@ void TcpSession::finish(bool reset) {
   }
   release_store(up_);
   release_store(down_);
-  // Closing removes the descriptors from the epoll set; events already returned for
-  // them in this batch find the session closed and are ignored.
+  // Leave the epoll set before closing. close() alone removes a socket from it only when
+  // no other descriptor refers to the socket, and a child forked by the embedding program
+  // holds a copy until it execs: the registration would outlive the session and report
+  // events for freed memory. Events already returned for them in this batch find the
+  // session closed and are ignored.
+  Loop& loop = worker_->loop();
+  loop.forget(&client_watcher_);
+  loop.forget(&target_watcher_);
   client_.reset();
   target_.reset();
-  client_watcher_.in_set = false;
-  target_watcher_.in_set = false;
   counters_->active.sub(1);
   connecting_link.unlink();
   all_link.unlink();

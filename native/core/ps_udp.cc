@@ -181,7 +181,10 @@ UdpForwarder::Flow* UdpForwarder::find_or_create(const sockaddr_storage& client,
 void UdpForwarder::close_flow(Flow* flow, Counter* reason) {
   flows_.erase(flow->key);
   flow->lru.unlink();
-  flow->fd.reset();  // Leaves the epoll set; a pending event finds the flow closed.
+  // Out of the epoll set before closing, as a forked child may hold a copy of the socket
+  // (see TcpSession::finish); a pending event of this batch finds the flow closed.
+  worker_->loop().forget(&flow->watcher);
+  flow->fd.reset();
   flow->closed = true;
   if (reason != nullptr) reason->add(1);
   counters_->flows_active.sub(1);
@@ -287,8 +290,8 @@ void UdpForwarder::send_batch(int fd, iovec* datagrams, int count, const SocketA
   bool toward_target = to == nullptr;
   // One message a datagram, or with UDP GSO one message for a run of datagrams of the
   // same size: the kernel builds and routes one packet and cuts it up at the last moment.
-  int first[UdpBatch::kMessages];
   int segments[UdpBatch::kMessages];
+  size_t source_control[UdpBatch::kMessages];  // Bytes of control data before UDP_SEGMENT.
   int messages = 0;
   for (int i = 0; i < count;) {
     int run = gso_run(datagrams + i, count - i);
@@ -303,12 +306,12 @@ void UdpForwarder::send_batch(int fd, iovec* datagrams, int count, const SocketA
     size_t control = 0;
     char* buffer = batch->out_control[messages];
     if (from != nullptr) control += write_source_control(*from, buffer);
+    source_control[messages] = control;
     if (run > 1) control += write_segment_size(static_cast<uint16_t>(datagrams[i].iov_len), buffer + control);
     if (control > 0) {
       h.msg_control = buffer;
       h.msg_controllen = control;
     }
-    first[messages] = i;
     segments[messages] = run;
     messages++;
     i += run;
@@ -343,14 +346,50 @@ void UdpForwarder::send_batch(int fd, iovec* datagrams, int count, const SocketA
       return;
     }
     if (segments[done] > 1 && error != ECONNREFUSED) {
-      // The path refused segmentation offload (an MTU below the segment, a device
-      // without it): send this run one datagram at a time, and stop using it here.
+      // The path refused segmentation offload (EMSGSIZE or EINVAL: a path MTU below the
+      // segment, as on tunnels and overlay networks): send this run one datagram at a
+      // time, and stop using it here. Not through this batch's messages, which still hold
+      // the ones after it.
       gso_ = false;
-      send_batch(fd, datagrams + first[done], segments[done], to, from);
+      send_singly(fd, batch->out[done].msg_hdr, source_control[done], toward_target);
     } else {
-      (error == ECONNREFUSED ? counters_->dropped_refused : counters_->dropped_other).add(1);
+      for (int k = 0; k < segments[done]; k++) count_drop(error);
     }
     done++;
+  }
+}
+
+void UdpForwarder::send_singly(int fd, const msghdr& message, size_t source_control, bool toward_target) {
+  bool retried = false;
+  for (size_t i = 0; i < message.msg_iovlen;) {
+    msghdr h = message;
+    h.msg_iov = message.msg_iov + i;
+    h.msg_iovlen = 1;
+    h.msg_control = source_control > 0 ? message.msg_control : nullptr;
+    h.msg_controllen = source_control;
+    ssize_t n = sendmsg(fd, &h, MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || (errno == ECONNREFUSED && !retried))) {
+      retried = retried || errno == ECONNREFUSED;  // See send_batch.
+      continue;
+    }
+    if (n >= 0) {
+      (toward_target ? counters_->datagrams_to_target : counters_->datagrams_to_client).add(1);
+      (toward_target ? counters_->to_target : counters_->to_client).add(static_cast<uint64_t>(n));
+      counters_->copied.add(static_cast<uint64_t>(n));
+    } else {
+      count_drop(errno);
+    }
+    i++;
+  }
+}
+
+void UdpForwarder::count_drop(int error) {
+  if (error == EAGAIN || error == EWOULDBLOCK || error == ENOBUFS) {
+    counters_->dropped_queue_full.add(1);
+  } else if (error == ECONNREFUSED) {
+    counters_->dropped_refused.add(1);
+  } else {
+    counters_->dropped_other.add(1);
   }
 }
 

@@ -114,6 +114,12 @@ class UdpForwarder final : public EventHandler {
   // Sends `count` datagrams: to the connected target when `to` is null, else to `to`
   // from the source address `from`. Counts what was sent and what was dropped.
   void send_batch(int fd, iovec* datagrams, int count, const SocketAddress* to, const LocalAddress* from);
+  // Sends the datagrams of a GSO message the path refused one at a time, with the same
+  // destination and the first `source_control` bytes of its control data (the source
+  // address, without UDP_SEGMENT).
+  void send_singly(int fd, const msghdr& message, size_t source_control, bool toward_target);
+  // Counts a datagram that could not be sent, by errno.
+  void count_drop(int error);
 
   // UDP GSO: at most 64 segments (UDP_MAX_SEGMENTS) and one IP packet's worth of bytes,
   // and segments that fit a 1,500-byte MTU, so that no path refuses them.
