@@ -8,6 +8,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { isIP } from 'node:net';
+import dgram from 'node:dgram';
 import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -1090,6 +1091,7 @@ function goFlagOutcome(argv) {
 
 describe('portsplice-docker-proxy flags', () => {
   let blocker;
+  let udpBlocker;
   let blockedPort;
 
   before(async () => {
@@ -1101,10 +1103,17 @@ describe('portsplice-docker-proxy flags', () => {
       blocker.listen({ host: '::', port: 0, ipv6Only: false }, resolve);
     });
     blockedPort = blocker.address().port;
+    // And on UDP, for a junk command line that turns out to be a valid "-proto udp".
+    udpBlocker = dgram.createSocket({ type: 'udp6', ipv6Only: false });
+    await new Promise((resolve, reject) => {
+      udpBlocker.once('error', reject);
+      udpBlocker.bind(blockedPort, '::', resolve);
+    });
   });
 
   after(async () => {
     await new Promise((resolve) => blocker?.close(resolve));
+    await new Promise((resolve) => (udpBlocker ? udpBlocker.close(resolve) : resolve()));
   });
 
   /** Run the binary with `argv` (fd 3 a pipe): resolves `{ code, signal, status, stderr }`. */
