@@ -135,11 +135,10 @@ const num = (x, digits = 2) =>
     : x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const int = (x) => num(x, 0);
 
-function table(header, rows) {
-  const lines = [
-    `| ${header.join(' | ')} |`,
-    `| ${header.map((h, i) => (i === 0 ? '---' : '--:')).join(' | ')} |`,
-  ];
+/** A Markdown table; the first `textColumns` columns are left-aligned, the others right. */
+function table(header, rows, textColumns = 1) {
+  const align = header.map((h, i) => (i < textColumns ? '---' : '--:'));
+  const lines = [`| ${header.join(' | ')} |`, `| ${align.join(' | ')} |`];
   for (const row of rows) lines.push(`| ${row.join(' | ')} |`);
   return lines.join('\n');
 }
@@ -348,7 +347,7 @@ export function headlineTable(results, analysis) {
       rows.push(row);
     }
   }
-  return table(header, rows);
+  return table(header, rows, 2);
 }
 
 export function markdown(results, analysis) {
@@ -427,6 +426,7 @@ export function markdown(results, analysis) {
             'Gbit/s meanwhile',
           ],
           eldRows,
+          2,
         ),
     );
   }
