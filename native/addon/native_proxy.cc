@@ -72,8 +72,7 @@ NativeProxy::NativeProxy(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
     if (tsfn.NonBlockingCall(completion) != napi_ok) delete completion;
   });
   if (rc < 0) {
-    completions_.Release();
-    completions_released_ = true;
+    ReleaseCompletions();
     SystemError(env, {rc, "pthread_create"}, "", 0).ThrowAsJavaScriptException();
     return;
   }
@@ -83,10 +82,19 @@ NativeProxy::NativeProxy(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
 
 NativeProxy::~NativeProxy() {
   ShutdownNow();
-  if (cleanup_hook_registered_) {
-    napi_remove_env_cleanup_hook(Env(), &NativeProxy::OnEnvironmentCleanup, this);
-    cleanup_hook_registered_ = false;
-  }
+  RemoveCleanupHook(Env());
+}
+
+void NativeProxy::RemoveCleanupHook(napi_env env) {
+  if (!cleanup_hook_registered_) return;
+  napi_remove_env_cleanup_hook(env, &NativeProxy::OnEnvironmentCleanup, this);
+  cleanup_hook_registered_ = false;
+}
+
+void NativeProxy::ReleaseCompletions() {
+  if (completions_released_) return;
+  completions_released_ = true;
+  completions_.Release();
 }
 
 void NativeProxy::OnEnvironmentCleanup(void* self) {
@@ -100,10 +108,7 @@ void NativeProxy::ShutdownNow() {
   // pass of their loops.
   engine_.stop(0);
   engine_.join();
-  if (!completions_released_) {
-    completions_released_ = true;
-    completions_.Release();
-  }
+  ReleaseCompletions();
 }
 
 void NativeProxy::DeliverCompletion(Napi::Env env, Napi::Function callback, NativeProxy* self, Completion* completion) {
@@ -113,21 +118,13 @@ void NativeProxy::DeliverCompletion(Napi::Env env, Napi::Function callback, Nati
     self->FinishClose(env);
     return;
   }
-  if (completion->request == 0) return;
   callback.Call(
       {Napi::Number::New(env, static_cast<double>(completion->request)), Napi::Number::New(env, completion->result)});
 }
 
 void NativeProxy::FinishClose(Napi::Env env) {
-  engine_.join();
-  if (!completions_released_) {
-    completions_released_ = true;
-    completions_.Release();
-  }
-  if (cleanup_hook_registered_) {
-    napi_remove_env_cleanup_hook(env, &NativeProxy::OnEnvironmentCleanup, this);
-    cleanup_hook_registered_ = false;
-  }
+  ShutdownNow();  // The threads have already stopped: this joins them and releases.
+  RemoveCleanupHook(env);
   if (close_deferred_) {
     close_deferred_->Resolve(env.Undefined());
     close_deferred_.reset();

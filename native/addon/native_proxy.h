@@ -47,6 +47,8 @@ class NativeProxy : public Napi::ObjectWrap<NativeProxy> {
 
   void FinishClose(Napi::Env env);
   void ShutdownNow();
+  void ReleaseCompletions();
+  void RemoveCleanupHook(napi_env env);
 
   ps::Engine engine_;
   Completions completions_;

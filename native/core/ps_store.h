@@ -41,7 +41,6 @@ class PipePool {
   void clear() { idle_.clear(); }
 
   size_t in_use() const { return in_use_; }
-  size_t idle() const { return idle_.size(); }
 
  private:
   size_t pipe_size_;

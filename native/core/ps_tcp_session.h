@@ -34,7 +34,6 @@ class TcpSession final : public EventHandler {
   // Resets both sides now (mapping removed, engine stopping).
   void abort() { finish(true); }
 
-  bool closed() const { return state_ == State::kClosed; }
   Mapping* mapping() const { return mapping_; }
   int64_t connect_deadline() const { return connect_deadline_; }
 
