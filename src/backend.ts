@@ -60,9 +60,15 @@ export interface Backend {
   add(mapping: ResolvedMapping): Promise<{ id: number; port: number }>;
   /** Closes the mapping's listening socket; its open connections go on (a drain). */
   stopListening(id: number): Promise<void>;
-  /** Stops listening and resets the mapping's open connections. */
+  /**
+   * Stops listening and resets the mapping's open connections. Once close() has begun it
+   * does nothing: close() takes down every mapping, one whose add() is still in flight too.
+   */
   remove(id: number): Promise<void>;
-  /** Stops everything; resolves once all resources are released. */
+  /**
+   * Stops everything, mappings whose add() is in flight included (that add() may still
+   * resolve: the caller then removes it); resolves once all resources are released.
+   */
   close(): Promise<void>;
   /** A snapshot of every live mapping's counters, by id. */
   counters(): Map<number, RawCounters>;

@@ -9,4 +9,6 @@
  */
 export { createProxy } from './proxy.js';
 export type * from './types.js';
+export { ErrorCodes, isPortspliceError } from './errors.js';
+export type { LibraryErrorCode, PortspliceError } from './errors.js';
 export { dockerProxyPath } from './docker-proxy-path.js';

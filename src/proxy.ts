@@ -4,6 +4,7 @@
  */
 import type { Backend, RawCounters } from './backend.js';
 import { resolveMapping, validateCloseOptions, validateProxyOptions } from './config.js';
+import { proxyClosedError, unknownMappingError } from './errors.js';
 import { SpliceBackend } from './splice-engine.js';
 import { StreamBackend } from './stream-engine.js';
 import type {
@@ -23,10 +24,6 @@ const DRAIN_POLL_MS = 20;
 
 /** Open proxies stay reachable until closed, as a listening net.Server does. */
 const openProxies = new Set<PortspliceProxy>();
-
-function closedError(): Error {
-  return Object.assign(new Error('the proxy is closed'), { code: 'ERR_PROXY_CLOSED' });
-}
 
 class PortspliceProxy implements Proxy {
   readonly engine: EngineName;
@@ -73,14 +70,17 @@ class PortspliceProxy implements Proxy {
   }
 
   async add(options: MappingOptions): Promise<Mapping> {
-    if (this.closed) throw closedError();
+    if (this.closed) throw proxyClosedError();
     const spec = await resolveMapping(options);
     return this.#track(async () => {
-      if (this.closed) throw closedError();
+      if (this.closed) throw proxyClosedError();
       const { id, port } = await this.#backend.add(spec);
       if (this.closed) {
+        // close() began while the engine was binding. During a drain the engine is still
+        // running and this mapping, which the drain does not know, must not accept; once
+        // the engine closes, remove() is a no-op (the engine takes everything down).
         await this.#backend.remove(id);
-        throw closedError();
+        throw proxyClosedError();
       }
       const mapping: Mapping = Object.freeze({
         id,
@@ -94,12 +94,9 @@ class PortspliceProxy implements Proxy {
   }
 
   async remove(mapping: Mapping | number): Promise<void> {
+    if (this.closed) throw proxyClosedError();
     const id = typeof mapping === 'number' ? mapping : mapping?.id;
-    if (typeof id !== 'number' || !this.#mappings.has(id)) {
-      throw Object.assign(new Error(`mapping ${String(id)} is not active on this proxy`), {
-        code: 'ERR_UNKNOWN_MAPPING',
-      });
-    }
+    if (typeof id !== 'number' || !this.#mappings.has(id)) throw unknownMappingError(id);
     this.#mappings.delete(id);
     await this.#track(() => this.#backend.remove(id));
   }

@@ -14,6 +14,7 @@ export class SpliceBackend implements Backend {
   #fields: readonly string[];
   #pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   #nextRequest = 1;
+  #closing = false;
 
   constructor(options: ResolvedProxyOptions) {
     const binding = loadBinding();
@@ -71,10 +72,13 @@ export class SpliceBackend implements Backend {
   }
 
   remove(id: number): Promise<void> {
+    // The engine stops every mapping on close, and would answer ENOENT for this one.
+    if (this.#closing) return Promise.resolve();
     return this.#request((requestId) => this.#native.remove(requestId, id));
   }
 
   close(): Promise<void> {
+    this.#closing = true;
     return this.#native.close();
   }
 

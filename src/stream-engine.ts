@@ -24,8 +24,21 @@ export class StreamBackend implements Backend {
   #mappings = new Map<number, StreamMapping>();
   #nextId = 1;
   #ref = true;
+  /** add() calls still running, so that close() can wait for them. */
+  #adding = new Set<Promise<unknown>>();
+  #closing = false;
 
   async add(spec: ResolvedMapping): Promise<{ id: number; port: number }> {
+    const adding = this.#add(spec);
+    this.#adding.add(adding);
+    try {
+      return await adding;
+    } finally {
+      this.#adding.delete(adding);
+    }
+  }
+
+  async #add(spec: ResolvedMapping): Promise<{ id: number; port: number }> {
     const counters = newCounters();
     const mapping: StreamMapping =
       spec.proto === 'tcp' ? new StreamTcpMapping(spec, counters) : new StreamUdpMapping(spec, counters);
@@ -33,6 +46,8 @@ export class StreamBackend implements Backend {
     mapping.setRef(this.#ref);
     const id = this.#nextId++;
     this.#mappings.set(id, mapping);
+    // close() began while this one was binding, and waits for it: take it down too.
+    if (this.#closing) await this.remove(id);
     return { id, port };
   }
 
@@ -48,6 +63,8 @@ export class StreamBackend implements Backend {
   }
 
   async close(): Promise<void> {
+    this.#closing = true;
+    await Promise.allSettled([...this.#adding]);
     await Promise.all([...this.#mappings.keys()].map((id) => this.remove(id)));
   }
 
