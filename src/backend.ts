@@ -3,57 +3,9 @@
  * and keeps counters; the proxy owns validation, mapping metadata, lifecycle and stats shape.
  */
 import type { ResolvedMapping } from './config.js';
+import type { RawCounters } from './counters.js';
 
-/** Raw counters of one mapping, as an engine keeps them (the native row's field names). */
-export interface RawCounters {
-  // TCP.
-  accepted: number;
-  active: number;
-  failed: number;
-  // Both.
-  toTarget: bigint;
-  toClient: bigint;
-  spliced: bigint;
-  copied: bigint;
-  // UDP.
-  flowsActive: number;
-  flowsCreated: number;
-  flowsExpired: number;
-  flowsEvicted: number;
-  datagramsToTarget: number;
-  datagramsToClient: number;
-  droppedNoFlow: number;
-  droppedQueueFull: number;
-  droppedRefused: number;
-  droppedTruncated: number;
-  droppedOther: number;
-}
-
-/** Counters that are bigints; every other counter is a number. */
-export const BYTE_COUNTERS: ReadonlySet<string> = new Set(['toTarget', 'toClient', 'spliced', 'copied']);
-
-export function newCounters(): RawCounters {
-  return {
-    accepted: 0,
-    active: 0,
-    failed: 0,
-    toTarget: 0n,
-    toClient: 0n,
-    spliced: 0n,
-    copied: 0n,
-    flowsActive: 0,
-    flowsCreated: 0,
-    flowsExpired: 0,
-    flowsEvicted: 0,
-    datagramsToTarget: 0,
-    datagramsToClient: 0,
-    droppedNoFlow: 0,
-    droppedQueueFull: 0,
-    droppedRefused: 0,
-    droppedTruncated: 0,
-    droppedOther: 0,
-  };
-}
+export type { RawCounters } from './counters.js';
 
 export interface Backend {
   /** Binds and starts serving; resolves to the engine's id and the port actually bound. */

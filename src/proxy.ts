@@ -2,9 +2,10 @@
  * The engine-independent proxy: validates options, keeps mapping metadata, decides when the
  * engine's handles keep the event loop alive, and shapes the stats snapshot.
  */
-import type { Backend, RawCounters } from './backend.js';
+import type { Backend } from './backend.js';
 import { resolveMapping, validateCloseOptions, validateProxyOptions } from './config.js';
 import { proxyClosedError, unknownMappingError } from './errors.js';
+import { shapeStats } from './stats.js';
 import { SpliceBackend } from './splice-engine.js';
 import { StreamBackend } from './stream-engine.js';
 import type {
@@ -153,46 +154,6 @@ class PortspliceProxy implements Proxy {
     this.#updateRef();
     return this;
   }
-}
-
-function shapeStats(m: Mapping, c: RawCounters): MappingStats {
-  const common = {
-    id: m.id,
-    listen: { ...m.listen },
-    target: { ...m.target },
-  };
-  const bytes = { toTarget: c.toTarget, toClient: c.toClient, spliced: c.spliced, copied: c.copied };
-  if (m.proto === 'tcp') {
-    return {
-      ...common,
-      proto: 'tcp',
-      connections: { accepted: c.accepted, active: c.active, failed: c.failed },
-      bytes,
-    };
-  }
-  const dropped = {
-    noFlow: c.droppedNoFlow,
-    queueFull: c.droppedQueueFull,
-    refused: c.droppedRefused,
-    truncated: c.droppedTruncated,
-    other: c.droppedOther,
-  };
-  return {
-    ...common,
-    proto: 'udp',
-    flows: {
-      active: c.flowsActive,
-      created: c.flowsCreated,
-      expired: c.flowsExpired,
-      evicted: c.flowsEvicted,
-    },
-    datagrams: { toTarget: c.datagramsToTarget, toClient: c.datagramsToClient },
-    dropped: {
-      total: dropped.noFlow + dropped.queueFull + dropped.refused + dropped.truncated + dropped.other,
-      ...dropped,
-    },
-    bytes,
-  };
 }
 
 /** Creates a proxy. Throws a TypeError or RangeError naming the field for bad options. */

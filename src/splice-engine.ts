@@ -2,7 +2,8 @@
  * The splice engine: a thin adapter over the native addon. JavaScript sends commands and
  * reads counter snapshots; the bytes never cross into JavaScript.
  */
-import { BYTE_COUNTERS, newCounters, type Backend, type RawCounters } from './backend.js';
+import type { Backend } from './backend.js';
+import { checkNativeFields, COUNTERS, type RawCounters } from './counters.js';
 import { loadBinding, type NativeProxy } from './binding.js';
 import type { ResolvedMapping, ResolvedProxyOptions } from './config.js';
 
@@ -11,14 +12,13 @@ type SystemError = Error & { code?: string; errno?: number; syscall?: string };
 
 export class SpliceBackend implements Backend {
   #native: NativeProxy;
-  #fields: readonly string[];
   #pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   #nextRequest = 1;
   #closing = false;
 
   constructor(options: ResolvedProxyOptions) {
     const binding = loadBinding();
-    this.#fields = binding.statsFields;
+    checkNativeFields(binding.statsFields);
     this.#native = new binding.NativeProxy(
       options.threads,
       (requestId, errno) => this.#complete(requestId, errno),
@@ -83,19 +83,17 @@ export class SpliceBackend implements Backend {
   }
 
   counters(): Map<number, RawCounters> {
+    // A row is the mapping id, then COUNTERS in order (checked when the addon loaded).
     const raw = this.#native.stats();
-    const width = this.#fields.length;
+    const width = COUNTERS.length + 1;
     const snapshot = new Map<number, RawCounters>();
     for (let row = 0; row + width <= raw.length; row += width) {
-      const counters = newCounters() as unknown as Record<string, number | bigint>;
-      let id = 0;
-      for (let i = 0; i < width; i++) {
-        const field = this.#fields[i]!;
-        const value = raw[row + i]!;
-        if (field === 'id') id = Number(value);
-        else if (field in counters) counters[field] = BYTE_COUNTERS.has(field) ? value : Number(value);
-      }
-      snapshot.set(id, counters as unknown as RawCounters);
+      const counters: Record<string, number | bigint> = {};
+      COUNTERS.forEach(([name, kind], i) => {
+        const value = raw[row + 1 + i]!;
+        counters[name] = kind === 'bytes' ? value : Number(value);
+      });
+      snapshot.set(Number(raw[row]), counters as RawCounters);
     }
     return snapshot;
   }

@@ -3,7 +3,8 @@
  * benchmarks compare against. It keeps the splice engine's semantics: half-close forwarded
  * after the data before it, resets forwarded as resets, failures and drops counted.
  */
-import { newCounters, type Backend, type RawCounters } from './backend.js';
+import type { Backend } from './backend.js';
+import { newCounters, type RawCounters } from './counters.js';
 import type { ResolvedMapping } from './config.js';
 import { StreamTcpMapping } from './stream-tcp.js';
 import { StreamUdpMapping } from './stream-udp.js';

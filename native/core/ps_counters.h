@@ -20,52 +20,46 @@ class Counter {
   std::atomic<uint64_t> value_{0};
 };
 
+// Every counter of a mapping, defined once: X(member, name). The per-thread struct, the
+// snapshot row and its field names, and the sum over threads are all made from this list;
+// JavaScript's list (src/counters.ts) is checked against the names when the addon loads.
+// A row is the mapping id followed by these, in this order.
+#define PS_COUNTERS(X)                                                                       \
+  /* TCP. */                                                                                 \
+  X(accepted, "accepted") /* Client connections accepted. */                                 \
+  X(active, "active")     /* Connections open now. */                                        \
+  X(failed, "failed")     /* Connections whose target could not be reached. */               \
+  /* Both protocols. */                                                                      \
+  X(to_target, "toTarget") /* Bytes written to the target. */                                \
+  X(to_client, "toClient") /* Bytes written to the client. */                                \
+  X(spliced, "spliced")    /* Bytes moved through a pipe with splice(2). */                  \
+  X(copied, "copied")      /* Bytes moved through a user-space buffer. */                    \
+  /* UDP. */                                                                                 \
+  X(flows_active, "flowsActive")                                                             \
+  X(flows_created, "flowsCreated")                                                           \
+  X(flows_expired, "flowsExpired") /* No datagram either way for the flow timeout. */        \
+  X(flows_evicted, "flowsEvicted") /* Closed to stay under the flow limit. */                \
+  X(datagrams_to_target, "datagramsToTarget")                                                \
+  X(datagrams_to_client, "datagramsToClient")                                                \
+  X(dropped_no_flow, "droppedNoFlow")       /* No socket could be opened for a new flow. */  \
+  X(dropped_queue_full, "droppedQueueFull") /* EAGAIN or ENOBUFS on send. */                 \
+  X(dropped_refused, "droppedRefused")      /* ECONNREFUSED: the target's port is closed. */ \
+  X(dropped_truncated, "droppedTruncated")  /* Larger than the receive buffer. */            \
+  X(dropped_other, "droppedOther")          /* Any other send error. */
+
 struct alignas(64) ThreadCounters {
-  // TCP.
-  Counter accepted;  // Client connections accepted.
-  Counter active;    // Connections open now.
-  Counter failed;    // Connections whose target could not be reached.
-  // Both protocols.
-  Counter to_target;  // Bytes written to the target.
-  Counter to_client;  // Bytes written to the client.
-  Counter spliced;    // Bytes moved through a pipe with splice(2).
-  Counter copied;     // Bytes moved through a user-space buffer.
-  // UDP.
-  Counter flows_active;
-  Counter flows_created;
-  Counter flows_expired;  // The target stayed silent for the flow timeout.
-  Counter flows_evicted;  // Closed to stay under the flow limit.
-  Counter datagrams_to_target;
-  Counter datagrams_to_client;
-  Counter dropped_no_flow;     // No socket could be opened for a new flow.
-  Counter dropped_queue_full;  // EAGAIN or ENOBUFS on send.
-  Counter dropped_refused;     // ECONNREFUSED: the target's port is closed.
-  Counter dropped_truncated;   // Larger than the receive buffer.
-  Counter dropped_other;       // Any other send error.
+#define PS_COUNTER_MEMBER(member, name) Counter member;
+  PS_COUNTERS(PS_COUNTER_MEMBER)
+#undef PS_COUNTER_MEMBER
 };
 
-// The fields of a snapshot row, in order; bindings export the names.
+// The index of each value in a snapshot row: kStatsId, then kStats_<member>.
 enum StatsField {
   kStatsId,
-  kStatsAccepted,
-  kStatsActive,
-  kStatsFailed,
-  kStatsToTarget,
-  kStatsToClient,
-  kStatsSpliced,
-  kStatsCopied,
-  kStatsFlowsActive,
-  kStatsFlowsCreated,
-  kStatsFlowsExpired,
-  kStatsFlowsEvicted,
-  kStatsDatagramsToTarget,
-  kStatsDatagramsToClient,
-  kStatsDroppedNoFlow,
-  kStatsDroppedQueueFull,
-  kStatsDroppedRefused,
-  kStatsDroppedTruncated,
-  kStatsDroppedOther,
-  kStatsFieldCount,
+#define PS_COUNTER_FIELD(member, name) kStats_##member,
+  PS_COUNTERS(PS_COUNTER_FIELD)
+#undef PS_COUNTER_FIELD
+      kStatsFieldCount,
 };
 
 extern const char* const kStatsFieldNames[kStatsFieldCount];

@@ -483,7 +483,7 @@ void stats_reader(ps::Engine* engine, std::mutex* engine_mutex, Totals* totals, 
     }
     for (size_t at = 0; at + ps::kStatsFieldCount <= rows.size(); at += ps::kStatsFieldCount) {
       uint64_t id = rows[at + ps::kStatsId];
-      uint64_t now = rows[at + ps::kStatsAccepted];
+      uint64_t now = rows[at + ps::kStats_accepted];
       uint64_t& before = accepted[id];
       if (now < before) fail("stats", "accepted went back for mapping " + std::to_string(id));
       before = now;
