@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <time.h>
 
+#include "ps_assert.h"
+
 namespace ps {
 
 int Loop::init() {
@@ -13,6 +15,8 @@ int Loop::init() {
 }
 
 int Loop::watch(Watcher* watcher, uint32_t events) {
+  PS_ASSERT(watcher->fd >= 0 && watcher->handler != nullptr);
+  PS_ASSERT((events & EPOLLEXCLUSIVE) == 0);  // watch_exclusive() adds it; epoll refuses it on MOD.
   if (watcher->in_set && watcher->interest == events) return 0;
   epoll_event ev{};
   ev.events = events;
@@ -25,6 +29,7 @@ int Loop::watch(Watcher* watcher, uint32_t events) {
 }
 
 int Loop::watch_exclusive(Watcher* watcher, uint32_t events) {
+  PS_ASSERT(watcher->fd >= 0 && watcher->handler != nullptr);
   if (watcher->in_set) return 0;
   epoll_event ev{};
   ev.events = events | EPOLLEXCLUSIVE;
@@ -49,6 +54,7 @@ int Loop::wait(int timeout_ms) {
 }
 
 void Loop::dispatch(int count) {
+  PS_ASSERT(count >= 0 && count <= kMaxEvents);
   for (int i = 0; i < count; i++) {
     auto* watcher = static_cast<Watcher*>(events_[i].data.ptr);
     watcher->handler->on_event(watcher, events_[i].events);

@@ -6,6 +6,8 @@
 
 #include <new>
 
+#include "ps_assert.h"
+
 namespace ps {
 
 namespace {
@@ -21,6 +23,7 @@ PipePool::PipePool(size_t pipe_size, size_t max_in_use, size_t max_idle)
 }
 
 int PipePool::acquire(Pipe* out) {
+  PS_ASSERT(out != nullptr && !out->valid());  // Overwriting a held pipe would leak it.
   if (max_in_use_ != 0 && in_use_ >= max_in_use_) return -ENOSPC;
   if (!idle_.empty()) {
     *out = std::move(idle_.back());
@@ -44,6 +47,7 @@ int PipePool::acquire(Pipe* out) {
 
 void PipePool::release(Pipe* pipe, bool empty) {
   if (!pipe->valid()) return;
+  PS_ASSERT(in_use_ > 0);  // A pipe this pool did not hand out, or one released twice.
   in_use_--;
   if (empty && idle_.size() < max_idle_) {
     idle_.push_back(std::move(*pipe));
