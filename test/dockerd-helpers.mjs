@@ -37,7 +37,6 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
-  realpathSync,
   rmdirSync,
   rmSync,
   statSync,
@@ -373,8 +372,11 @@ export class Dockerd {
       ...args,
     ]);
     const logFd = openSync(this.log, 'a');
-    // nsenter, unshare and sh each exec the next: the child's PID is dockerd's.
-    this.child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', logFd, logFd] });
+    // nsenter, unshare and sh each exec the next: the child's PID is dockerd's. Its own process
+    // group (detached), so that a Ctrl-C reaches only this process, whose handler then removes
+    // the containers before it stops dockerd; dockerd would otherwise start its own shutdown at
+    // the same moment and wait for the containers' stop timeouts.
+    this.child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', logFd, logFd], detached: true });
     closeSync(logFd);
     const child = this.child;
     const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
@@ -689,9 +691,4 @@ export function memoryKb(pid) {
   const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
   const field = (name) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)[1]);
   return { rss: field('Rss'), pss: field('Pss') };
-}
-
-/** The proxy binary under test: PORTSPLICE_DOCKERD_PROXY, else the drop-in; absolute, real. */
-export function proxyUnderTest(defaultPath) {
-  return realpathSync(process.env.PORTSPLICE_DOCKERD_PROXY || defaultPath);
 }

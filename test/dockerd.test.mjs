@@ -1,20 +1,23 @@
 // End to end with a real dockerd (Debian's docker.io): the drop-in as dockerd's userland proxy,
 // containers publishing ports, clients in the daemon's network namespace. Everything runs in a
 // namespace, directories and cgroups of its own (test/dockerd-helpers.mjs) and is removed on
-// every exit path. PORTSPLICE_DOCKERD_PROXY=/usr/sbin/docker-proxy runs the same cases against
-// Docker's own proxy, to show that they encode its behaviour.
+// every exit path. PORTSPLICE_DOCKER_PROXY=/usr/sbin/docker-proxy runs the same cases against
+// Docker's own proxy (as it does test/docker-proxy.test.mjs), to show that they encode its
+// behaviour.
 
 import { describe, test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 
 import { dockerProxyPath } from '../dist/index.js';
-import { IMAGE, dockerdSkipReason, proxyUnderTest, startDockerd } from './dockerd-helpers.mjs';
+import { IMAGE, dockerdSkipReason, startDockerd } from './dockerd-helpers.mjs';
 
-const proxyPath = proxyUnderTest(dockerProxyPath);
 const skip =
-  dockerdSkipReason() ?? (existsSync(proxyPath) ? false : `${proxyPath} is not built (npm run build:native)`);
+  dockerdSkipReason() ??
+  (existsSync(dockerProxyPath) ? false : `${dockerProxyPath} is not built (npm run build:native)`);
+/** What /proc/PID/exe of the proxies must name (dockerd is given this absolute path). */
+const proxyPath = skip ? dockerProxyPath : realpathSync(dockerProxyPath);
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 /** Container port 80 runs busybox's persistent echo server: each connection gets `cat`. */
