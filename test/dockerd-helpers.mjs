@@ -303,6 +303,7 @@ export class Dockerd {
   /** Creates the namespace and directory, starts dockerd and imports the test image. */
   async start() {
     installHandlers();
+    Dockerd.sweepStale();
     live.add(this);
     this.dir = mkdtempSync(`/tmp/${this.ns}-`);
     this.sock = path.join(this.dir, 'docker.sock');
@@ -580,13 +581,43 @@ export class Dockerd {
     await this.startDaemon();
   }
 
+  /**
+   * What a run that was killed (SIGKILL: no handler ran) left behind: namespaces psd-<pid>-*
+   * whose <pid> no longer exists, with their directory, processes and cgroups.
+   */
+  static sweepStale() {
+    const names = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+      .split('\n')
+      .map((line) => line.split(' ')[0])
+      .filter((name) => /^psd-\d+-[a-z0-9]+$/.test(name));
+    for (const name of names) {
+      const pid = Number(name.split('-')[1]);
+      if (pid === process.pid || existsSync(`/proc/${pid}`)) continue;
+      const stale = new Dockerd({ proxyPath: '/', label: 'stale' });
+      stale.ns = name;
+      stale.cgroupParent = name;
+      stale.nsCreated = true;
+      const dir = readdirSync('/tmp').find((entry) => entry.startsWith(`${name}-`));
+      if (dir) stale.dir = path.join('/tmp', dir);
+      try {
+        stale.netns = `net:[${statSync(`/run/netns/${name}`).ino}]`;
+      } catch {
+        // the namespace file is gone already
+      }
+      process.stderr.write(`${TAG}: removing ${name}, left by a killed run\n`);
+      stale.cleanup();
+    }
+  }
+
   /** Our processes: in our network namespace, with our directory in argv, or in our cgroup. */
   ours() {
     const cg = `/${this.cgroupParent}/`;
     return processes().filter(
       (p) =>
         p.pid !== process.pid &&
-        (p.netns === this.netns || p.argv.some((a) => a.includes(this.dir)) || p.cgroup.includes(cg)),
+        (p.netns === this.netns ||
+          (this.dir && p.argv.some((a) => a.includes(this.dir))) ||
+          p.cgroup.includes(cg)),
     );
   }
 
@@ -618,7 +649,7 @@ export class Dockerd {
       });
     }
     for (const helper of this.helpers) killQuietly(helper.pid, 'SIGKILL');
-    if (this.netns && this.dir) {
+    if (this.netns) {
       step('kill leftovers', () => {
         // A few rounds: a shim can start a process while we kill its siblings.
         for (let round = 0; round < 5; round++) {
@@ -646,14 +677,23 @@ export class Dockerd {
   }
 }
 
-/** Removes /sys/fs/cgroup/<each hierarchy>/<parent> and the container cgroups below it. */
+/**
+ * Removes the cgroup `parent` and the container cgroups below it from every hierarchy. runc
+ * takes a relative --cgroup-parent from the cgroup that dockerd (and so this process) is in:
+ * /sys/fs/cgroup/<hierarchy>/<our cgroup there>/<parent>, which is the root for most
+ * hierarchies here but not for memory (/process_api/<id> on this project's machines).
+ */
 function removeCgroups(parent) {
   const roots = readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .filter((line) => / - cgroup2? /.test(line))
     .map((line) => line.split(' ')[4]);
-  for (const root of roots) {
-    const top = path.join(root, parent);
+  const own = readFileSync('/proc/self/cgroup', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => line.split(':').slice(2).join(':'));
+  const tops = new Set(roots.flatMap((root) => ['/', ...own].map((base) => path.join(root, base, parent))));
+  for (const top of tops) {
     if (!existsSync(top)) continue;
     const remove = (dir) => {
       for (const entry of readdirSync(dir, { withFileTypes: true })) {
