@@ -16,8 +16,9 @@
 // - containerd: dockerd 20.10 starts its own, with state and root under --exec-root and
 //   --data-root, unless /run/containerd/containerd.sock exists (then it would use the
 //   machine's: the tmpfs on /run hides that one too);
-// - cgroups: --cgroup-parent TAG, so the containers' cgroups are /sys/fs/cgroup/*/TAG/<id>
-//   (dockerd would otherwise leave /sys/fs/cgroup/*/docker behind); removed at the end.
+// - cgroups: --cgroup-parent TAG, so the containers' cgroups are TAG/<id> below dockerd's own
+//   cgroup in each hierarchy (dockerd would otherwise leave /sys/fs/cgroup/*/docker behind);
+//   removed at the end.
 //
 // Cleanup is synchronous so that it also runs from `exit` and signal handlers: remove the
 // containers, SIGTERM dockerd (SIGKILL after a bound), SIGKILL whatever is left that is ours
@@ -27,9 +28,7 @@
 
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import {
-  accessSync,
   closeSync,
-  constants,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -47,6 +46,10 @@ import {
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 
+import { which } from '../bench/lib/sys.mjs';
+
+export { which };
+
 export const TAG = `psd-${process.pid}`;
 export const IMAGE = 'psd-busybox:1';
 /** Inside 198.18.0.0/15, the range the project's namespaces may use. */
@@ -55,21 +58,6 @@ export const ADDRESS_POOL = 'base=198.18.64.0/18,size=24';
 
 const sleepSync = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** The absolute path of an executable (PATH, then the sbin directories), or null. */
-export function which(name) {
-  const dirs = (process.env.PATH ?? '').split(':').concat(['/usr/local/sbin', '/usr/sbin', '/sbin']);
-  for (const dir of dirs) {
-    if (!dir) continue;
-    try {
-      accessSync(path.join(dir, name), constants.X_OK);
-      return path.join(dir, name);
-    } catch {
-      // not here
-    }
-  }
-  return null;
-}
 
 /** docker.io's own CLI (same version as its dockerd) when installed, else the first on PATH. */
 function dockerCli() {

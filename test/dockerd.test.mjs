@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 
 import { dockerProxyPath } from '../dist/index.js';
 import { IMAGE, dockerdSkipReason, startDockerd } from './dockerd-helpers.mjs';
+import { withTimeout } from './helpers.mjs';
 
 const skip =
   dockerdSkipReason() ??
@@ -181,7 +182,7 @@ describe('a real dockerd with the proxy under test as its userland proxy', { ski
     const held = await d.clientProcess({ mode: 'hold', host: '127.0.0.1', port: 18084 });
     const ended = new Promise((resolve) => held.once('exit', resolve));
     await d.docker(['rm', '-f', (await d.docker(['ps', '-q'])).stdout.trim()]);
-    await Promise.race([ended, sleep(10000).then(() => assert.fail('the held connection did not end'))]);
+    await withTimeout(ended, 10000, 'the held connection to end');
     t.diagnostic(`the open connection, on docker rm -f: ${held.output().split('\n')[1]}`);
     assert.match(held.output(), /^ready\nended: /);
     assert.deepEqual(proxiesFor(18084), []);
