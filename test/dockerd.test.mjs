@@ -56,7 +56,7 @@ describe('a real dockerd with the proxy under test as its userland proxy', { ski
   /**
    * The proxies for host port `port`, as sorted 'proto host-ip' strings, after checking that
    * each one is the binary under test, a child of the running dockerd, forwarding to the
-   * container's address and `containerPort`.
+   * container's address and to the container port for its protocol (`containerPorts`).
    */
   function proxiesFor(port, containerPorts = { tcp: 80, udp: 7 }) {
     const list = d.proxies().filter((p) => p.hostPort === port);
