@@ -15,6 +15,7 @@ import {
   inNs,
   openFds,
   processCpuSeconds,
+  processPssKb,
   processRssKb,
   processTreeCpuSeconds,
   spawnTracked,
@@ -288,7 +289,12 @@ async function peerReady(child, ports, ns, name) {
   child.stdout?.resume();
   child.stderrTail = () => stderr.trim().split('\n').pop() ?? '';
   const exitedEarly = new Promise((_, reject) =>
-    child.once('exit', (code) => reject(new Error(`${name} exited (${code}): ${stderr.trim()}`))),
+    child.once('exit', (code) => {
+      // HAProxy prints NOTICE lines before the ALERT that says why.
+      const lines = stderr.trim().split('\n');
+      const why = lines.filter((l) => /ALERT|E\b/.test(l)).join(' ') || lines.pop();
+      reject(new Error(`${name} exited (${code}): ${why}`));
+    }),
   );
   exitedEarly.catch(() => {});
   for (const { port, proto } of ports) await Promise.race([waitListening(port, { ns, proto }), exitedEarly]);
@@ -358,11 +364,13 @@ async function startPeer(method, place, services, env, endpoints) {
         throw new Error(`${method.id} (pid ${c.pid}) has exited: ${c.stderrTail()}`);
       }
     }, 0);
-  // socat's children are where its work happens; HAProxy has none (one process, threads).
+  // socat's children are where its work happens (HAProxy has none: one process, threads);
+  // its memory is their proportional set size (PSS), since they share most of their pages.
+  const memory = method.id === 'socat' ? (pid) => sumOverTree(pid, processPssKb) : processRssKb;
   return {
     endpoint: (name) => endpoints[name],
     cpuSeconds: async () => sum(processTreeCpuSeconds),
-    rssKb: async () => sum((pid) => sumOverTree(pid, processRssKb)),
+    rssKb: async () => sum(memory),
     fds: async () => sum((pid) => sumOverTree(pid, openFds)),
     pids: children.map((c) => c.pid),
     stop: async () => {

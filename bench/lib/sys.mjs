@@ -220,6 +220,16 @@ export function processRssKb(pid) {
   return match ? Number(match[1]) : NaN;
 }
 
+/**
+ * Proportional set size of a process in kB (/proc/PID/smaps_rollup): its resident pages with
+ * each shared page divided among the processes that map it. For a forking server, whose
+ * children share most of their pages, the sum of RSS would count those pages once per child.
+ */
+export function processPssKb(pid) {
+  const match = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return match ? Number(match[1]) : NaN;
+}
+
 /** Busy and total jiffies of the whole machine, from the first line of /proc/stat. */
 export function machineJiffies() {
   const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
