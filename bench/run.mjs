@@ -27,7 +27,7 @@ const HELP = `Usage: node bench/run.mjs [options]   (npm run bench -- [options])
   --tests LIST       comma-separated subset of:
                      bulk1,bulkN,udp,eld,keepalive,keepalive2,connect,latency,churn,memory,micro
   --seconds N        length of each load run but the churn test's (default 2, or 1 with --quick)
-  --churn-seconds N  length of the churn test per method (default 60, or 2 with --quick), in
+  --churn-seconds N  length of the churn test per method (default 60, or 1 with --quick), in
                      slices of 10 s (1 s with --quick or below 20 s)
   --rounds N         rounds of every test; figures are medians (default 3, or 1 with --quick)
   --report FILE      only rewrite FILE's .md and .svg from FILE (a results .json); runs nothing

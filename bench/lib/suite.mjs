@@ -65,7 +65,7 @@ export const CONFIGS = {
     microTimeMs: 40,
     ka2Threads: 2,
     ka2Connections: 128,
-    churnSeconds: 2,
+    churnSeconds: 1,
     churnSliceSeconds: 1,
     churnClients: 16,
   },
