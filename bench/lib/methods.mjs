@@ -262,19 +262,31 @@ export async function startMethod(method, place, services, env) {
     await Promise.all(children.map((c) => stop(c, { signal: 'SIGKILL' })));
     throw error;
   }
+  return { endpoint: (name) => endpoints[name], ...processReadings(children, path) };
+}
+
+/**
+ * CPU, memory and fds of a proxy that runs as `children` (processes of its own), each the sum
+ * over the children of a /proc reading per PID (`cpu`, `memory`, `fds`), and how to stop it.
+ * A reading of a child that has exited throws with its last words.
+ */
+function processReadings(
+  children,
+  name,
+  { cpu = processCpuSeconds, memory = processRssKb, fds = openFds } = {},
+) {
   const sum = (f) =>
     children.reduce((total, c) => {
       try {
         return total + f(c.pid);
       } catch {
-        throw new Error(`${path} (pid ${c.pid}) has exited: ${c.stderrTail()}`);
+        throw new Error(`${name} (pid ${c.pid}) has exited: ${c.stderrTail()}`);
       }
     }, 0);
   return {
-    endpoint: (name) => endpoints[name],
-    cpuSeconds: async () => sum(processCpuSeconds),
-    rssKb: async () => sum(processRssKb),
-    fds: async () => sum(openFds),
+    cpuSeconds: async () => sum(cpu),
+    rssKb: async () => sum(memory),
+    fds: async () => sum(fds),
     pids: children.map((c) => c.pid),
     stop: async () => {
       await Promise.all(children.map((c) => stop(c, { signal: 'SIGTERM' })));
@@ -292,7 +304,7 @@ async function peerReady(child, ports, ns, name) {
     child.once('exit', (code) => {
       // HAProxy prints NOTICE lines before the ALERT that says why.
       const lines = stderr.trim().split('\n');
-      const why = lines.filter((l) => /ALERT|E\b/.test(l)).join(' ') || lines.pop();
+      const why = lines.filter((l) => /\[ALERT\]| E /.test(l)).join(' ') || lines.pop();
       reject(new Error(`${name} exited (${code}): ${why}`));
     }),
   );
@@ -356,25 +368,15 @@ async function startPeer(method, place, services, env, endpoints) {
     await Promise.all(children.map((c) => stop(c, { signal: 'SIGKILL' })));
     throw error;
   }
-  const sum = (f) =>
-    children.reduce((total, c) => {
-      try {
-        return total + f(c.pid);
-      } catch {
-        throw new Error(`${method.id} (pid ${c.pid}) has exited: ${c.stderrTail()}`);
-      }
-    }, 0);
-  // socat's children are where its work happens (HAProxy has none: one process, threads);
-  // its memory is their proportional set size (PSS), since they share most of their pages.
-  const memory = method.id === 'socat' ? (pid) => sumOverTree(pid, processPssKb) : processRssKb;
+  // socat's work happens in its children (HAProxy has none: one process, threads), and they
+  // share most of their pages: CPU over the tree, memory as PSS over the tree.
+  const tree = method.id === 'socat';
   return {
     endpoint: (name) => endpoints[name],
-    cpuSeconds: async () => sum(processTreeCpuSeconds),
-    rssKb: async () => sum(memory),
-    fds: async () => sum((pid) => sumOverTree(pid, openFds)),
-    pids: children.map((c) => c.pid),
-    stop: async () => {
-      await Promise.all(children.map((c) => stop(c, { signal: 'SIGTERM' })));
-    },
+    ...processReadings(children, method.id, {
+      cpu: processTreeCpuSeconds,
+      memory: tree ? (pid) => sumOverTree(pid, processPssKb) : processRssKb,
+      fds: (pid) => sumOverTree(pid, openFds),
+    }),
   };
 }
