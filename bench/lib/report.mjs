@@ -331,8 +331,8 @@ function placeTables(place, analysis, cfg) {
         `connection per PING, the client closes first) for ${num(c?.seconds ?? cfg.churnSeconds, 0)} s per method, ` +
         `connections/s per ${c?.sliceSeconds ?? cfg.churnSliceSeconds} s slice as counted by the target ` +
         '(redis INFO total_connections_received). "÷ direct": the slowest slice over the direct path\'s mean. ' +
-        'TIME_WAIT: sockets in that state in the host namespace at the end (the proxy is the active closer ' +
-        'toward the target).\n\n' +
+        "TIME_WAIT: the host namespace's sockets in that state toward the method's redis-server at the " +
+        'end (the proxy is the active closer toward the target).\n\n' +
         table(
           [
             'method',

@@ -264,11 +264,14 @@ async function redisCounts(ns, host, port) {
   return counts;
 }
 
-/** TIME_WAIT sockets in namespace `ns` (ss -s), or null. */
-function timeWaitCount(ns) {
-  const out = sh(['ss', '-s'], { ns, allowFail: true });
-  const match = /timewait (\d+)/.exec(out ?? '');
-  return match ? Number(match[1]) : null;
+/** TIME_WAIT sockets in namespace `ns` toward host:port (ss), or null. */
+function timeWaitCount(ns, host, port) {
+  const out = sh(['ss', '-Htn', 'state', 'time-wait', 'dst', `${host}:${port}`], {
+    ns,
+    allowFail: true,
+    timeoutMs: 30000,
+  });
+  return out === null ? null : out.split('\n').filter((l) => l.trim()).length;
 }
 
 /**
@@ -355,7 +358,7 @@ async function churn({ place, instance, cfg, targets, method }) {
     machineUsPerConnection: (machineCpuS * 1e6) / connections,
     clientExits,
     lastClientError,
-    hostTimeWait: timeWaitCount(place.hostNs),
+    hostTimeWait: timeWaitCount(place.hostNs, target.host, target.port),
   };
 }
 
@@ -443,7 +446,7 @@ export function outcome(testId, r) {
       return (
         `${r.slices.map((x) => Math.round(x.cps).toLocaleString('en-US')).join(' → ')} conn/s per ` +
         `${r.sliceSeconds} s, proxy CPU ${f(r.proxyCpuS, 1)} s${r.clientExits ? `, client exited ${r.clientExits}× (${r.lastClientError})` : ''}` +
-        `${r.hostTimeWait !== null ? `, ${r.hostTimeWait.toLocaleString('en-US')} TIME_WAIT on the host` : ''}`
+        `${r.hostTimeWait !== null ? `, ${r.hostTimeWait.toLocaleString('en-US')} TIME_WAIT toward the target on the host` : ''}`
       );
     default:
       return 'done';
