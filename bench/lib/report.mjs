@@ -70,7 +70,7 @@ export const TARGETS = [
   { text: 'new connections/s', key: 'cps', vs: 'docker-proxy', op: '>=', limit: 1.5 },
   { text: 'proxy CPU per new connection', key: 'connCpuUs', vs: 'docker-proxy', op: '<=', limit: 0.5 },
   {
-    text: 'churn (redis -k 0): slowest slice, ÷ the mean rate of',
+    text: 'churn (redis -k 0), slowest slice',
     key: 'churnMinCps',
     vs: 'direct',
     baseKey: 'churnCps',
