@@ -266,10 +266,12 @@ async function redisCounts(ns, host, port) {
 
 /** TIME_WAIT sockets in namespace `ns` toward host:port (ss), or null. */
 function timeWaitCount(ns, host, port) {
+  // A line per socket, about 100 bytes, and the port range holds up to 32,000 of them.
   const out = sh(['ss', '-Htn', 'state', 'time-wait', 'dst', `${host}:${port}`], {
     ns,
     allowFail: true,
     timeoutMs: 30000,
+    maxBuffer: 64 * 1024 * 1024,
   });
   return out === null ? null : out.split('\n').filter((l) => l.trim()).length;
 }

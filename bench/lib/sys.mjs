@@ -35,12 +35,13 @@ export function inNs(ns, argv) {
 }
 
 /** Runs a short administrative command synchronously; throws with its stderr on failure. */
-export function sh(argv, { ns, allowFail = false, timeoutMs = 15000 } = {}) {
+export function sh(argv, { ns, allowFail = false, timeoutMs = 15000, maxBuffer = 1024 * 1024 } = {}) {
   const full = inNs(ns, argv);
   try {
     return execFileSync(full[0], full.slice(1), {
       encoding: 'utf8',
       timeout: timeoutMs,
+      maxBuffer,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
   } catch (error) {
