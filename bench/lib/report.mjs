@@ -341,6 +341,7 @@ function placeTables(place, analysis, cfg) {
             'min slice',
             'min ÷ direct',
             'every slice',
+            'proxy CPU % of a core, every slice',
             'proxy CPU µs/conn',
             'machine CPU µs/conn',
             'client exits',
@@ -355,6 +356,11 @@ function placeTables(place, analysis, cfg) {
               cell(r.churn, (x) => int(x.minCps)),
               cell(r.churn, (x) => (directMean ? `${num(x.minCps / directMean)}×` : '–')),
               cell(r.churn, (x) => x.slices.map((y) => int(y.cps)).join(' ')),
+              cell(r.churn, (x) =>
+                x.slices
+                  .map((y) => (y.proxyCpuS === null ? '–' : int((y.proxyCpuS / y.seconds) * 100)))
+                  .join(' '),
+              ),
               cell(r.churn, (x) => num(x.cpuUsPerConnection, 0)),
               cell(r.churn, (x) => num(x.machineUsPerConnection, 0)),
               cell(r.churn, (x) => int(x.clientExits)),
