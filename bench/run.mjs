@@ -1,9 +1,9 @@
 // The benchmark suite: direct, kernel NAT, the splice engine, the native drop-in binary, the
-// stream engine and docker-proxy, side by side in one run. See "## Benchmark suite" in
-// README.md.
+// stream engine, docker-proxy, HAProxy and socat, side by side in one run. See "## Benchmark
+// suite" in README.md.
 //
-//   npm run bench                    the whole suite (about 8 minutes on 2 cores)
-//   npm run bench -- --quick         a smoke test under a minute: loopback only, short runs
+//   npm run bench                    the whole suite (about 21 minutes on 2 cores)
+//   npm run bench -- --quick         a smoke test in about 1.5 minutes: loopback only, short runs
 //   node bench/run.mjs --help        the options
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { cleanupAll, installCleanupHandlers } from './lib/cleanup.mjs';
-import { findDockerProxy, METHODS, probeSplice } from './lib/methods.mjs';
+import { findDockerProxy, METHODS, PROXY_METHODS, probeSplice } from './lib/methods.mjs';
 import { Progress } from './lib/progress.mjs';
 import { analyse, chartSpec, markdown, renderSvg, targetsTable } from './lib/report.mjs';
 import { CONFIGS, debianVersion, runSuite, testPlan } from './lib/suite.mjs';
@@ -21,11 +21,14 @@ import { dockerTopology, loopbackOnly, netnsSkipReason, removeStale } from './li
 
 const HELP = `Usage: node bench/run.mjs [options]   (npm run bench -- [options])
 
-  --quick            short runs, loopback only, every method once (under a minute)
+  --quick            short runs, loopback only, every method once (about 1.5 minutes)
   --loopback-only    do not build network namespaces even as root
   --methods LIST     comma-separated subset of: ${METHODS.map((m) => m.id).join(',')}
-  --tests LIST       comma-separated subset of: bulk1,bulkN,udp,eld,keepalive,connect,latency,memory,micro
-  --seconds N        length of each load run (default 2, or 1 with --quick)
+  --tests LIST       comma-separated subset of:
+                     bulk1,bulkN,udp,eld,keepalive,keepalive2,connect,latency,churn,memory,micro
+  --seconds N        length of each load run but the churn test's (default 2, or 1 with --quick)
+  --churn-seconds N  length of the churn test per method (default 60, or 1 with --quick), in
+                     slices of 10 s (1 s with --quick or below 20 s)
   --rounds N         rounds of every test; figures are medians (default 3, or 1 with --quick)
   --report FILE      only rewrite FILE's .md and .svg from FILE (a results .json); runs nothing
   --out PREFIX       write PREFIX.json, PREFIX.md, PREFIX.svg
@@ -45,6 +48,7 @@ const { values } = parseArgs({
     tests: { type: 'string' },
     out: { type: 'string' },
     seconds: { type: 'string' },
+    'churn-seconds': { type: 'string' },
     rounds: { type: 'string' },
     report: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
@@ -82,6 +86,13 @@ if (values.seconds) {
   Object.assign(cfg, { bulkSeconds: seconds, udpSeconds: seconds, wrkSeconds: seconds, eldSeconds: seconds });
   cfg.latencySeconds = Math.max(0.5, seconds * 0.75);
 }
+if (values['churn-seconds']) {
+  const seconds = Number(values['churn-seconds']);
+  if (!(Number.isInteger(seconds) && seconds >= 1 && seconds <= 600))
+    throw new Error('--churn-seconds wants a whole number of seconds up to 600');
+  cfg.churnSeconds = seconds;
+  cfg.churnSliceSeconds = seconds >= 20 ? 10 : 1;
+}
 if (values.rounds) {
   cfg.rounds = Number(values.rounds);
   if (!(Number.isInteger(cfg.rounds) && cfg.rounds >= 1 && cfg.rounds <= 20))
@@ -114,6 +125,11 @@ const tools = findTools();
 if (tools.iperf3.path) tools.iperf3.version = version(['iperf3', '--version'], /iperf (\S+)/);
 if (tools.wrk.path) tools.wrk.version = version(['wrk', '-v'], /wrk (\S+)/);
 if (tools.nginx.path) tools.nginx.version = version([tools.nginx.path, '-v'], /nginx\/(\S+)/);
+if (tools.haproxy.path) tools.haproxy.version = version([tools.haproxy.path, '-v'], /version (\S+)/);
+if (tools.socat.path) tools.socat.version = version([tools.socat.path, '-V'], /socat version (\S+)/);
+for (const name of ['redis-benchmark', 'redis-server']) {
+  if (tools[name].path) tools[name].version = version([name, '--version'], /(?:v=|redis-benchmark )(\S+)/);
+}
 const dockerProxyPath = findDockerProxy();
 const dockerProxyVersion = dockerProxyPath
   ? (version([dockerProxyPath, '-v'], /version\s+(\S+)/i) ??
@@ -178,16 +194,15 @@ let steps = 0;
 let estimate = 0;
 for (const m of METHODS.filter((x) => methods.includes(x.id))) {
   for (const t of tests.filter((x) => !x.engineOnly || m.kind === 'engine')) {
-    steps += topology.places.length * cfg.rounds;
-    estimate += (t.estimate + 0.1) * topology.places.length * cfg.rounds;
+    const times = (t.firstPlaceOnly ? 1 : topology.places.length) * (t.once ? 1 : cfg.rounds);
+    steps += times;
+    estimate += (t.estimate + 0.1) * times;
   }
 }
 const doMemory = testIds.includes('memory');
 const doMicro = testIds.includes('micro');
 if (doMemory) {
-  const n = METHODS.filter(
-    (m) => ['splice', 'binary', 'stream', 'docker-proxy'].includes(m.id) && methods.includes(m.id),
-  );
+  const n = METHODS.filter((m) => PROXY_METHODS.includes(m.id) && methods.includes(m.id));
   steps += n.length;
   estimate += n.length * (2 + cfg.holdCount / 500);
 }
@@ -211,6 +226,19 @@ const results = {
   httpTarget: env.httpTarget,
   topology: netnsSkip ? `${topology.description} (no namespaces: ${netnsSkip})` : topology.description,
   hostNamespace: topology.hostNs,
+  // The churn test depends on it: the host keeps the kernel's default, the client reuses.
+  tcpTwReuse: Object.fromEntries(
+    topology.places.flatMap((p) => [
+      [
+        `${p.id} host`,
+        sh(['sysctl', '-n', 'net.ipv4.tcp_tw_reuse'], { ns: p.hostNs, allowFail: true })?.trim() ?? null,
+      ],
+      [
+        `${p.id} client`,
+        sh(['sysctl', '-n', 'net.ipv4.tcp_tw_reuse'], { ns: p.clientNs, allowFail: true })?.trim() ?? null,
+      ],
+    ]),
+  ),
   config: cfg,
   places: [],
 };

@@ -5,9 +5,26 @@
 // CPU so far, null when there is no proxy process), rssKb(), for the in-process engines
 // eldStart()/eldStop(), and stop().
 import { fork } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import nodePath from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { inNs, openFds, processCpuSeconds, processRssKb, spawnTracked, stop, track, which } from './sys.mjs';
+import { onCleanup } from './cleanup.mjs';
+import { haproxyCommand, socatCommand } from './peers.mjs';
+import {
+  inNs,
+  openFds,
+  processCpuSeconds,
+  processPssKb,
+  processRssKb,
+  processTreeCpuSeconds,
+  spawnTracked,
+  stop,
+  sumOverTree,
+  track,
+  waitListening,
+  which,
+} from './sys.mjs';
 
 const ROOT = new URL('../../', import.meta.url);
 const HOST_SCRIPT = fileURLToPath(new URL('./proxy-host.mjs', import.meta.url));
@@ -21,10 +38,18 @@ export const METHODS = [
   { id: 'binary', label: 'portsplice-docker-proxy (native drop-in)', short: 'drop-in', kind: 'external' },
   { id: 'stream', label: 'portsplice stream engine (Node streams)', short: 'stream', kind: 'engine' },
   { id: 'docker-proxy', label: 'docker-proxy (Docker 20.10+)', short: 'docker-proxy', kind: 'external' },
+  {
+    id: 'haproxy',
+    label: 'HAProxy (mode tcp, splice-auto)',
+    short: 'HAProxy',
+    kind: 'peer',
+    noUdp: 'HAProxy forwards no UDP',
+  },
+  { id: 'socat', label: 'socat (fork per connection)', short: 'socat', kind: 'peer' },
 ];
 
 /** The proxies that run as a process of their own (memory and CPU apply to them). */
-export const PROXY_METHODS = ['splice', 'binary', 'stream', 'docker-proxy'];
+export const PROXY_METHODS = ['splice', 'binary', 'stream', 'docker-proxy', 'haproxy', 'socat'];
 
 /** Where Docker's docker-proxy is installed, if it is. */
 export function findDockerProxy() {
@@ -135,6 +160,10 @@ export function skipReason(method, place, env) {
       return env.dockerProxy
         ? null
         : 'docker-proxy is not installed (Debian: apt-get install docker.io; the binary runs without a daemon)';
+    case 'haproxy':
+      return env.tools.haproxy?.path ? null : `haproxy is not installed (${env.tools.haproxy?.install})`;
+    case 'socat':
+      return env.tools.socat?.path ? null : `socat is not installed (${env.tools.socat?.install})`;
     default:
       return 'unknown method';
   }
@@ -207,6 +236,7 @@ export async function startMethod(method, place, services, env) {
       },
     };
   }
+  if (method.kind === 'peer') return startPeer(method, place, services, env, endpoints);
   // external: one process per port and protocol, as dockerd runs them.
   const path = method.id === 'binary' ? BINARY : env.dockerProxy;
   const children = [];
@@ -232,22 +262,121 @@ export async function startMethod(method, place, services, env) {
     await Promise.all(children.map((c) => stop(c, { signal: 'SIGKILL' })));
     throw error;
   }
+  return { endpoint: (name) => endpoints[name], ...processReadings(children, path) };
+}
+
+/**
+ * CPU, memory and fds of a proxy that runs as `children` (processes of its own), each the sum
+ * over the children of a /proc reading per PID (`cpu`, `memory`, `fds`), and how to stop it.
+ * A reading of a child that has exited throws with its last words.
+ */
+function processReadings(
+  children,
+  name,
+  { cpu = processCpuSeconds, memory = processRssKb, fds = openFds } = {},
+) {
   const sum = (f) =>
     children.reduce((total, c) => {
       try {
         return total + f(c.pid);
       } catch {
-        throw new Error(`${path} (pid ${c.pid}) has exited: ${c.stderrTail()}`);
+        throw new Error(`${name} (pid ${c.pid}) has exited: ${c.stderrTail()}`);
       }
     }, 0);
   return {
-    endpoint: (name) => endpoints[name],
-    cpuSeconds: async () => sum(processCpuSeconds),
-    rssKb: async () => sum(processRssKb),
-    fds: async () => sum(openFds),
+    cpuSeconds: async () => sum(cpu),
+    rssKb: async () => sum(memory),
+    fds: async () => sum(fds),
     pids: children.map((c) => c.pid),
     stop: async () => {
       await Promise.all(children.map((c) => stop(c, { signal: 'SIGTERM' })));
     },
+  };
+}
+
+/** Waits until every port listens, or rejects with the child's last words if it exits first. */
+async function peerReady(child, ports, ns, name) {
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-2000)));
+  child.stdout?.resume();
+  child.stderrTail = () => stderr.trim().split('\n').pop() ?? '';
+  const exitedEarly = new Promise((_, reject) =>
+    child.once('exit', (code) => {
+      // HAProxy prints NOTICE lines before the ALERT that says why.
+      const lines = stderr.trim().split('\n');
+      const why = lines.filter((l) => /\[ALERT\]| E /.test(l)).join(' ') || lines.pop();
+      reject(new Error(`${name} exited (${code}): ${why}`));
+    }),
+  );
+  exitedEarly.catch(() => {});
+  for (const { port, proto } of ports) await Promise.race([waitListening(port, { ns, proto }), exitedEarly]);
+}
+
+/**
+ * HAProxy (one process, a listen section per service) or socat (a process per port and
+ * protocol, each forking a child per connection), from bench/lib/peers.mjs.
+ */
+async function startPeer(method, place, services, env, endpoints) {
+  const children = [];
+  const ns = place.hostNs;
+  const protosOf = (s) => s.protos.filter((p) => p === 'tcp' || !method.noUdp);
+  try {
+    if (method.id === 'haproxy') {
+      const dir = mkdtempSync(nodePath.join(os.tmpdir(), 'psb-haproxy-'));
+      const removeDir = onCleanup(() => rmSync(dir, { recursive: true, force: true }), 'remove haproxy dir');
+      const listens = [];
+      for (const s of services) {
+        const port = await place.allocPort();
+        endpoints[s.name] = { host: place.listenHost, port };
+        listens.push({
+          name: s.name,
+          host: place.listenHost,
+          port,
+          targetHost: place.targetHost,
+          targetPort: s.targetPort,
+        });
+      }
+      const child = spawnTracked(haproxyCommand(env.tools.haproxy.path, dir, listens), { ns });
+      child.once('exit', removeDir);
+      children.push(child);
+      await peerReady(
+        child,
+        listens.map((l) => ({ port: l.port, proto: 'tcp' })),
+        ns,
+        'haproxy',
+      );
+    } else {
+      for (const s of services) {
+        const port = await place.allocPort();
+        endpoints[s.name] = { host: place.listenHost, port };
+        for (const proto of protosOf(s)) {
+          const argv = socatCommand(
+            env.tools.socat.path,
+            proto,
+            place.listenHost,
+            port,
+            place.targetHost,
+            s.targetPort,
+          );
+          const child = spawnTracked(argv, { ns, group: true });
+          children.push(child);
+          await peerReady(child, [{ port, proto }], ns, 'socat');
+        }
+      }
+    }
+  } catch (error) {
+    await Promise.all(children.map((c) => stop(c, { signal: 'SIGKILL' })));
+    throw error;
+  }
+  // socat's work happens in its children (HAProxy has none: one process, threads), and they
+  // share most of their pages: CPU over the tree, memory as PSS over the tree.
+  const tree = method.id === 'socat';
+  return {
+    endpoint: (name) => endpoints[name],
+    ...processReadings(children, method.id, {
+      cpu: processTreeCpuSeconds,
+      memory: tree ? (pid) => sumOverTree(pid, processPssKb) : processRssKb,
+      fds: (pid) => sumOverTree(pid, openFds),
+    }),
   };
 }

@@ -22,7 +22,14 @@ export function headline(methodEntry) {
       bulk.length && bytes > 0 ? bulk.reduce((a, b) => a + b.machineCpuS, 0) / (bytes / 1e9) : null,
     kaRps: ok('keepalive')?.rps ?? null,
     kaP99Ms: ok('keepalive')?.p99Ms ?? null,
+    kaCpuUs: ok('keepalive')?.cpuUsPerRequest ?? null,
+    kaMachineUs: ok('keepalive')?.machineUsPerRequest ?? null,
+    ka2Rps: ok('keepalive2')?.rps ?? null,
     cps: ok('connect')?.cps ?? null,
+    connCpuUs: ok('connect')?.cpuUsPerConnection ?? null,
+    connMachineUs: ok('connect')?.machineUsPerConnection ?? null,
+    churnCps: ok('churn')?.cps ?? null,
+    churnMinCps: ok('churn')?.minCps ?? null,
     udpPps: ok('udp')?.deliveredPps ?? null,
     rttP99Us: ok('latency')?.p99Us ?? null,
     eldP99Ms: ok('eld')?.loaded?.p99Ms ?? null,
@@ -36,18 +43,40 @@ const RATIO_METRICS = [
   { key: 'cpuPerGB', label: 'CPU s/GB' },
   { key: 'kaRps', label: 'keep-alive req/s' },
   { key: 'kaP99Ms', label: 'keep-alive p99' },
+  { key: 'ka2Rps', label: 'keep-alive 2 thr' },
   { key: 'cps', label: 'new conn/s' },
+  { key: 'churnMinCps', label: 'churn, min slice' },
   { key: 'udpPps', label: 'UDP delivered' },
   { key: 'rttP99Us', label: 'RTT p99 (c=1)' },
 ];
 
+// The goals (issue 10 added the churn, 2-thread keep-alive and per-unit CPU rows, and raised
+// bulk ×N to 1.2× and new connections/s to 1.5×). `baseKey`: compare with another figure of
+// the `vs` method (the churn's slowest slice against direct's mean rate).
 export const TARGETS = [
   { text: 'proxy CPU s per GB, bulk TCP', key: 'cpuPerGB', vs: 'docker-proxy', op: '<=', limit: 0.5 },
   { text: 'bulk throughput, 1 stream', key: 'bulk1Gbps', vs: 'docker-proxy', op: '>=', limit: 1.0 },
-  { text: 'bulk throughput, N streams', key: 'bulkNGbps', vs: 'docker-proxy', op: '>=', limit: 1.0 },
+  { text: 'bulk throughput, N streams', key: 'bulkNGbps', vs: 'docker-proxy', op: '>=', limit: 1.2 },
   { text: 'keep-alive requests/s', key: 'kaRps', vs: 'docker-proxy', op: '>=', limit: 1.5 },
+  {
+    text: 'keep-alive requests/s, 2 wrk threads ×128',
+    key: 'ka2Rps',
+    vs: 'docker-proxy',
+    op: '>=',
+    limit: 1.5,
+  },
   { text: 'keep-alive p99 latency', key: 'kaP99Ms', vs: 'docker-proxy', op: '<=', limit: 0.5 },
-  { text: 'new connections/s', key: 'cps', vs: 'docker-proxy', op: '>=', limit: 1.3 },
+  { text: 'proxy CPU per keep-alive request', key: 'kaCpuUs', vs: 'docker-proxy', op: '<=', limit: 0.5 },
+  { text: 'new connections/s', key: 'cps', vs: 'docker-proxy', op: '>=', limit: 1.5 },
+  { text: 'proxy CPU per new connection', key: 'connCpuUs', vs: 'docker-proxy', op: '<=', limit: 0.5 },
+  {
+    text: 'churn (redis -k 0), slowest slice',
+    key: 'churnMinCps',
+    vs: 'direct',
+    baseKey: 'churnCps',
+    op: '>=',
+    limit: 0.8,
+  },
   { text: 'UDP delivered datagrams/s', key: 'udpPps', vs: 'docker-proxy', op: '>=', limit: 2 },
   { text: 'proxy CPU s per GB, bulk TCP', key: 'cpuPerGB', vs: 'stream', op: '<=', limit: 0.33 },
   {
@@ -85,7 +114,11 @@ export function analyse(results) {
           const b = figures[base]?.[key];
           return v !== null && b !== null && b !== undefined && b !== 0 ? v / b : null;
         };
-        ratios[m.id][key] = { dockerProxy: ratio('docker-proxy'), stream: ratio('stream') };
+        ratios[m.id][key] = {
+          dockerProxy: ratio('docker-proxy'),
+          stream: ratio('stream'),
+          direct: ratio('direct'),
+        };
       }
     }
     const targets = [];
@@ -99,7 +132,7 @@ export function analyse(results) {
         if (!measured) why = 'not measured in this run';
         else if (v === null) why = `no ${short(method)} figure`;
         if (target.vs) {
-          const base = figures[target.vs]?.[target.key] ?? null;
+          const base = figures[target.vs]?.[target.baseKey ?? target.key] ?? null;
           if (base === null && !why) why = `no ${short(target.vs)} figure`;
           value = why ? null : v / base;
         }
@@ -257,6 +290,86 @@ function placeTables(place, analysis, cfg) {
       }),
     ),
   );
+  const has = (test) => place.methods.some((m) => m.results?.[test]);
+  if (has('keepalive2') || has('keepalive') || has('connect')) {
+    const ka2 = place.methods.find((m) => m.results?.keepalive2 && !m.results.keepalive2.error)?.results
+      .keepalive2;
+    const ka2Label = ka2 ? `${ka2.threads} threads ×${ka2.connections}` : '2 threads';
+    parts.push(
+      `Keep-alive with ${ka2Label} (wrk), and the machine's CPU per unit of work (every core, load ` +
+        'generators and target included):\n\n' +
+        table(
+          [
+            'method',
+            `keep-alive ${ka2Label} req/s`,
+            'p99 ms',
+            'proxy CPU µs/req',
+            'machine CPU µs/req',
+            `machine CPU µs/req (×${cfg.wrkConnections})`,
+            'machine CPU µs/conn',
+          ],
+          place.methods.map((m) => {
+            const r = m.results;
+            return [
+              label(m),
+              cell(r.keepalive2, (x) => int(x.rps) + spread(x)),
+              cell(r.keepalive2, (x) => num(x.p99Ms)),
+              cell(r.keepalive2, (x) => num(x.cpuUsPerRequest, 1)),
+              cell(r.keepalive2, (x) => num(x.machineUsPerRequest, 1)),
+              cell(r.keepalive, (x) => num(x.machineUsPerRequest, 1)),
+              cell(r.connect, (x) => num(x.machineUsPerConnection, 1)),
+            ];
+          }),
+        ),
+    );
+  }
+  if (has('churn')) {
+    const c = place.methods.find((m) => m.results?.churn?.slices)?.results.churn;
+    const directMean = a.figures.direct?.churnCps ?? null;
+    parts.push(
+      `Connection churn: redis-benchmark \`-t ping_inline -k 0 -c ${c?.clients ?? cfg.churnClients}\` (a new ` +
+        `connection per PING, the client closes first) for ${num(c?.seconds ?? cfg.churnSeconds, 0)} s per method, ` +
+        `connections/s per ${c?.sliceSeconds ?? cfg.churnSliceSeconds} s slice as counted by the target ` +
+        '(redis INFO total_connections_received). "÷ direct": the slowest slice over the direct path\'s mean. ' +
+        "TIME_WAIT: the host namespace's sockets in that state toward the method's redis-server at the " +
+        'end (the proxy is the active closer toward the target).\n\n' +
+        table(
+          [
+            'method',
+            'first slice conn/s',
+            'last slice',
+            'min slice',
+            'min ÷ direct',
+            'every slice',
+            'proxy CPU % of a core, every slice',
+            'proxy CPU µs/conn',
+            'machine CPU µs/conn',
+            'client exits',
+            'TIME_WAIT on host',
+          ],
+          place.methods.map((m) => {
+            const r = m.results;
+            return [
+              label(m),
+              cell(r.churn, (x) => int(x.firstCps)),
+              cell(r.churn, (x) => int(x.lastCps)),
+              cell(r.churn, (x) => int(x.minCps)),
+              cell(r.churn, (x) => (directMean ? `${num(x.minCps / directMean)}×` : '–')),
+              cell(r.churn, (x) => x.slices.map((y) => int(y.cps)).join(' ')),
+              cell(r.churn, (x) =>
+                x.slices
+                  .map((y) => (y.proxyCpuS === null ? '–' : int((y.proxyCpuS / y.seconds) * 100)))
+                  .join(' '),
+              ),
+              cell(r.churn, (x) => num(x.cpuUsPerConnection, 0)),
+              cell(r.churn, (x) => num(x.machineUsPerConnection, 0)),
+              cell(r.churn, (x) => int(x.clientExits)),
+              cell(r.churn, (x) => int(x.hostTimeWait)),
+            ];
+          }),
+        ),
+    );
+  }
   const metrics = RATIO_METRICS.filter((m) => n || m.key !== 'bulkNGbps');
   parts.push(
     `Ratios, each cell "vs docker-proxy · vs stream engine" (for CPU, p99 and RTT lower is better):\n\n` +
@@ -299,6 +412,8 @@ function targetNotes(results) {
   const notes = [
     'Ratios are portsplice ÷ the other method in the same run and place; CPU per GB is the proxy ' +
       'process CPU over all bulk TCP runs of the place divided by the bytes they moved.',
+    'Churn: the slowest slice of connections/s through the method over the mean rate of the direct ' +
+      'path in the same run (the goal: stay within 0.8× of direct for the whole test).',
   ];
   for (const place of results.places) {
     const e = place.methods.find((m) => m.id === 'splice')?.results?.eld;
@@ -327,7 +442,18 @@ export function headlineTable(results, analysis) {
   const n = results.config.streams > 1 ? results.config.streams : null;
   const header = ['place', 'method', 'bulk ×1 Gbit/s'];
   if (n) header.push(`bulk ×${n} Gbit/s`);
-  header.push('proxy CPU s/GB', 'keep-alive req/s', 'keep-alive p99 ms', 'new conn/s', 'UDP delivered/s');
+  header.push(
+    'proxy CPU s/GB',
+    'machine CPU s/GB',
+    'keep-alive req/s',
+    'keep-alive p99 ms',
+    'proxy CPU µs/req',
+    'machine CPU µs/req',
+    'keep-alive 2 thr ×128 req/s',
+    'new conn/s',
+    'churn min slice conn/s',
+    'UDP delivered/s',
+  );
   const rows = [];
   for (const a of analysis) {
     const place = results.places.find((p) => p.id === a.place);
@@ -343,11 +469,54 @@ export function headlineTable(results, analysis) {
       const f = a.figures[m.id];
       const row = [a.place, short(m.id), num(f.bulk1Gbps, 1)];
       if (n) row.push(num(f.bulkNGbps, 1));
-      row.push(num(f.cpuPerGB, 2), int(f.kaRps), num(f.kaP99Ms, 2), int(f.cps), int(f.udpPps));
+      row.push(
+        num(f.cpuPerGB, 2),
+        num(f.machineCpuPerGB, 2),
+        int(f.kaRps),
+        num(f.kaP99Ms, 2),
+        num(f.kaCpuUs, 1),
+        num(f.kaMachineUs, 1),
+        int(f.ka2Rps),
+        int(f.cps),
+        int(f.churnMinCps),
+        int(f.udpPps),
+      );
       rows.push(row);
     }
   }
   return table(header, rows, 2);
+}
+
+/** The throughput figures whose ratio to the direct path the summary sentence gives. */
+const DIRECT_METRICS = ['bulk1Gbps', 'bulkNGbps', 'kaRps', 'ka2Rps', 'cps', 'churnCps', 'udpPps'];
+
+/**
+ * One sentence per place: what fraction of the direct path (no proxy) each method reaches,
+ * over the throughput figures it has (the lowest and highest of them).
+ */
+export function directFractions(results, analysis) {
+  const lines = [];
+  for (const a of analysis) {
+    const place = results.places.find((p) => p.id === a.place);
+    const parts = [];
+    for (const m of place.methods) {
+      if (m.id === 'direct' || m.skipped || m.error) continue;
+      const shares = DIRECT_METRICS.map((k) => a.ratios[m.id][k]?.direct).filter(
+        (x) => x !== null && x !== undefined,
+      );
+      if (!shares.length) continue;
+      const lo = Math.round(Math.min(...shares) * 100);
+      const hi = Math.round(Math.max(...shares) * 100);
+      parts.push(`${short(m.id)} ${lo === hi ? `${lo}%` : `${lo}–${hi}%`}`);
+    }
+    if (parts.length) {
+      lines.push(
+        `${a.place}: of the direct path's throughput (bulk, keep-alive and new-connection rates, ` +
+          `churn, UDP; the lowest and highest figure), ${parts.join(', ')}.`,
+      );
+    }
+  }
+  return lines;
 }
 
 export function markdown(results, analysis) {
@@ -365,14 +534,30 @@ export function markdown(results, analysis) {
         .join(', ')}.\n` +
       `- Each figure is the median of ${cfg.rounds} round${cfg.rounds > 1 ? 's' : ''} (every method ` +
       `takes its turn in each test of a round) of ${cfg.bulkSeconds} s (bulk, iperf3), ${cfg.udpSeconds} s (UDP, iperf3 ` +
-      `-b 0 -l ${cfg.udpLength}), ${cfg.wrkSeconds} s (wrk, 1 thread, ${cfg.wrkConnections} connections), ` +
-      `${cfg.latencySeconds} s (RTT at concurrency ${cfg.latencyConcurrency}). CPU is the proxy's own ` +
-      `(/proc/PID/stat, or process.cpuUsage() in the engine's Node process), per GB = 10^9 bytes; ` +
+      `-b 0 -l ${cfg.udpLength}), ${cfg.wrkSeconds} s (wrk, 1 thread, ${cfg.wrkConnections} connections; ` +
+      `and ${cfg.ka2Threads ?? 2} threads, ${cfg.ka2Connections ?? 128} connections), ` +
+      `${cfg.latencySeconds} s (RTT at concurrency ${cfg.latencyConcurrency})` +
+      (cfg.churnSeconds
+        ? `; the churn test runs once per method, ${cfg.churnSeconds} s, in the first place only`
+        : '') +
+      `. CPU is the proxy's own ` +
+      `(/proc/PID/stat, all threads, for socat its children's too; or process.cpuUsage() in the ` +
+      "engine's Node process), per GB = 10^9 bytes; " +
       '"machine CPU" is every core of the machine (load generators and target included: the one CPU ' +
-      'figure that covers kernel NAT). ±: half the range of the rounds, relative to the median.',
+      'figure that covers kernel NAT). ±: half the range of the rounds, relative to the median.' +
+      (results.tcpTwReuse
+        ? `\n- net.ipv4.tcp_tw_reuse: ${Object.entries(results.tcpTwReuse)
+            .map(([k, v]) => `${k} ${v ?? '?'}`)
+            .join(', ')} (the host keeps the kernel's default; only the client's namespace reuses).`
+        : ''),
   );
   out.push('## Targets\n\n' + targetsTable(results, analysis) + targetNotes(results));
-  out.push('## Headline figures\n\n' + headlineTable(results, analysis));
+  const fractions = directFractions(results, analysis);
+  out.push(
+    '## Headline figures\n\n' +
+      headlineTable(results, analysis) +
+      (fractions.length ? `\n\n${fractions.map((l) => `- ${l}`).join('\n')}` : ''),
+  );
   for (const place of results.places) {
     out.push(`## ${place.title}`);
     if (place.error) {
@@ -434,7 +619,8 @@ export function markdown(results, analysis) {
     out.push(
       `## Memory (${results.memory.place}, ${results.memory.count} connections held open)\n\n` +
         'Resident set of the proxy process(es): one mapping, idle, then with the connections open ' +
-        '(the in-process engines include the whole Node runtime).\n\n' +
+        '(the in-process engines include the whole Node runtime; socat, a process per connection: ' +
+        'the proportional set size summed over its processes, shared pages divided among them).\n\n' +
         table(
           [
             'method',
@@ -495,7 +681,21 @@ const CHART_METRICS = [
   { key: 'cpuPerGB', title: 'Proxy CPU seconds per GB ↓', digits: 2 },
   { key: 'kaRps', title: 'HTTP keep-alive: thousand requests/s ↑', digits: 0, scale: 1e-3, suffix: 'k' },
   { key: 'kaP99Ms', title: 'HTTP keep-alive: p99 latency ms ↓', digits: 2 },
+  {
+    key: 'ka2Rps',
+    title: 'Keep-alive, 2 threads ×128: thousand requests/s ↑',
+    digits: 0,
+    scale: 1e-3,
+    suffix: 'k',
+  },
   { key: 'cps', title: 'New connections: thousand/s ↑', digits: 1, scale: 1e-3, suffix: 'k' },
+  {
+    key: 'churnMinCps',
+    title: 'Churn (redis -k 0), slowest slice: thousand conn/s ↑',
+    digits: 2,
+    scale: 1e-3,
+    suffix: 'k',
+  },
   { key: 'udpPps', title: 'UDP delivered: thousand datagrams/s ↑', digits: 0, scale: 1e-3, suffix: 'k' },
 ];
 

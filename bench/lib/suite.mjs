@@ -15,6 +15,7 @@ import {
   machineCpuSeconds,
   machineJiffies,
   run,
+  sh,
   sleep,
   spawnTracked,
   stop,
@@ -42,6 +43,11 @@ export const CONFIGS = {
     latencyConcurrency: 1,
     holdCount: 2000,
     microTimeMs: 500,
+    ka2Threads: 2,
+    ka2Connections: 128,
+    churnSeconds: 60,
+    churnSliceSeconds: 10,
+    churnClients: 16,
   },
   quick: {
     rounds: 1,
@@ -57,6 +63,11 @@ export const CONFIGS = {
     latencyConcurrency: 1,
     holdCount: 100,
     microTimeMs: 40,
+    ka2Threads: 2,
+    ka2Connections: 128,
+    churnSeconds: 1,
+    churnSliceSeconds: 1,
+    churnClients: 16,
   },
 };
 
@@ -96,6 +107,13 @@ export function testPlan(cfg) {
       run: keepAlive,
     },
     {
+      id: 'keepalive2',
+      label: `HTTP keep-alive, ${cfg.ka2Threads} threads ×${cfg.ka2Connections}`,
+      tool: 'wrk',
+      estimate: cfg.wrkSeconds + 0.3,
+      run: (ctx) => keepAlive(ctx, { threads: cfg.ka2Threads, connections: cfg.ka2Connections }),
+    },
+    {
       id: 'connect',
       label: 'new connections',
       tool: 'wrk',
@@ -103,6 +121,20 @@ export function testPlan(cfg) {
       run: newConnections,
     },
     { id: 'latency', label: 'RTT c=1', tool: 'node', estimate: cfg.latencySeconds + 0.4, run: latency },
+    {
+      // Long (60 s, whatever --seconds says): the collapse it looks for comes after tens of
+      // thousands of connections. Once per method (in the last round) and in the first place
+      // only (external, the topology of moby #47537): 8 methods × 60 s is already the
+      // longest test of the suite.
+      id: 'churn',
+      label: `redis churn ${cfg.churnSeconds} s`,
+      tool: 'redis-benchmark',
+      tools: ['redis-benchmark', 'redis-server', 'redis-cli'],
+      once: true,
+      firstPlaceOnly: true,
+      estimate: cfg.churnSeconds + 1,
+      run: churn,
+    },
   ];
   return tests.filter((t) => t.id !== 'bulkN' || cfg.streams > 1);
 }
@@ -186,12 +218,16 @@ async function eventLoop({ place, instance, cfg }) {
   }
 }
 
-async function keepAlive({ place, instance, cfg }) {
+async function keepAlive({ place, instance, cfg }, { threads = 1, connections = cfg.wrkConnections } = {}) {
   const { host, port } = instance.endpoint('http');
   const r = await withCpu(instance, () =>
-    wrkHttp({ ns: place.clientNs, host, port, seconds: cfg.wrkSeconds, connections: cfg.wrkConnections }),
+    wrkHttp({ ns: place.clientNs, host, port, seconds: cfg.wrkSeconds, connections, threads }),
   );
-  return { ...r, cpuUsPerRequest: r.proxyCpuS === null ? null : (r.proxyCpuS * 1e6) / r.requests };
+  return {
+    ...r,
+    cpuUsPerRequest: r.proxyCpuS === null ? null : (r.proxyCpuS * 1e6) / r.requests,
+    machineUsPerRequest: (r.machineCpuS * 1e6) / r.requests,
+  };
 }
 
 async function newConnections({ place, instance, cfg }) {
@@ -210,6 +246,121 @@ async function newConnections({ place, instance, cfg }) {
     ...r,
     cps: r.rps,
     cpuUsPerConnection: r.proxyCpuS === null ? null : (r.proxyCpuS * 1e6) / r.requests,
+    machineUsPerConnection: (r.machineCpuS * 1e6) / r.requests,
+  };
+}
+
+/** Connections and commands the redis-server at `port` has counted (INFO stats via redis-cli). */
+async function redisCounts(ns, host, port) {
+  const out = await run(['redis-cli', '-h', host, '-p', String(port), 'info', 'stats'], {
+    ns,
+    timeoutMs: 5000,
+  });
+  const field = (name) => Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(out.stdout)?.[1] ?? NaN);
+  const counts = { connections: field('total_connections_received'), at: performance.now() };
+  if (out.code !== 0 || !Number.isFinite(counts.connections)) {
+    throw new Error(`redis-cli info stats failed: ${(out.stderr || out.stdout).trim().slice(-200)}`);
+  }
+  return counts;
+}
+
+/** TIME_WAIT sockets in namespace `ns` toward host:port (ss), or null. */
+function timeWaitCount(ns, host, port) {
+  // A line per socket, about 100 bytes, and the port range holds up to 32,000 of them.
+  const out = sh(['ss', '-Htn', 'state', 'time-wait', 'dst', `${host}:${port}`], {
+    ns,
+    allowFail: true,
+    timeoutMs: 30000,
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  return out === null ? null : out.split('\n').filter((l) => l.trim()).length;
+}
+
+/**
+ * Connection churn with the client closing first, as in moby #47537: redis-benchmark
+ * `-t ping_inline -k 0 -c N` (a new connection for every PING) for cfg.churnSeconds, through
+ * the method to a redis-server of the method's own (so that the TIME_WAIT sockets one method
+ * leaves toward its target do not count against the next). The rate per slice comes from
+ * the target's own count of accepted connections (INFO stats, total_connections_received,
+ * minus the INFO connection itself), read every cfg.churnSliceSeconds: connections that got
+ * through, not connection attempts. redis-benchmark exits at its first error (a reset, a
+ * refused connect); it is then started again (bounded) and the exits are counted.
+ */
+async function churn({ place, instance, cfg, targets, method }) {
+  const { host, port } = instance.endpoint('redis');
+  const target = targets.redisFor(method.id);
+  const argv = ['redis-benchmark', '-h', host, '-p', String(port), '-t', 'ping_inline', '-k', '0'];
+  argv.push('-c', String(cfg.churnClients), '-n', '2000000000', '-q');
+  let client = null;
+  let clientExits = 0;
+  let lastClientError = null;
+  let stopping = false;
+  const startClient = () => {
+    client = spawnTracked(argv, { ns: place.clientNs });
+    client.stdout.resume();
+    let stderr = '';
+    client.stderr.on('data', (d) => (stderr = (stderr + d).slice(-500)));
+    client.once('exit', (code) => {
+      if (stopping) return;
+      clientExits++;
+      lastClientError = `exit ${code}: ${stderr.trim().split('\n').pop() ?? ''}`;
+      // Started again at once, a bounded number of times; beyond that the slices show zero.
+      if (clientExits < 200) setTimeout(() => !stopping && startClient(), 20);
+    });
+  };
+  const slices = [];
+  const first = await redisCounts(place.targetNs, target.host, target.port);
+  const cpu0 = await instance.cpuSeconds();
+  const machine0 = machineJiffies();
+  let previous = { ...first, cpu: cpu0 };
+  startClient();
+  try {
+    const sliceCount = Math.max(1, Math.round(cfg.churnSeconds / cfg.churnSliceSeconds));
+    for (let i = 1; i <= sliceCount; i++) {
+      await sleep(Math.max(0, first.at + i * cfg.churnSliceSeconds * 1000 - performance.now()));
+      const counts = await redisCounts(place.targetNs, target.host, target.port);
+      const cpu = await instance.cpuSeconds();
+      const seconds = (counts.at - previous.at) / 1000;
+      const connections = counts.connections - previous.connections - 1; // minus the INFO itself
+      slices.push({
+        seconds,
+        connections,
+        cps: connections / seconds,
+        proxyCpuS: cpu === null ? null : cpu - previous.cpu,
+      });
+      previous = { ...counts, cpu };
+    }
+  } finally {
+    stopping = true;
+    await stop(client, { signal: 'SIGKILL' });
+  }
+  const machine1 = machineJiffies();
+  const cpu1 = await instance.cpuSeconds();
+  const seconds = slices.reduce((a, x) => a + x.seconds, 0);
+  const connections = slices.reduce((a, x) => a + x.connections, 0);
+  const rates = slices.map((x) => x.cps);
+  if (connections <= 0)
+    throw new Error(`no connection reached redis (${lastClientError ?? 'no client error'})`);
+  const proxyCpuS = cpu0 === null ? null : cpu1 - cpu0;
+  const machineCpuS = machineCpuSeconds(machine0, machine1);
+  return {
+    tool: 'redis-benchmark',
+    clients: cfg.churnClients,
+    seconds,
+    connections,
+    cps: connections / seconds,
+    firstCps: rates[0],
+    lastCps: rates[rates.length - 1],
+    minCps: Math.min(...rates),
+    slices,
+    sliceSeconds: cfg.churnSliceSeconds,
+    proxyCpuS,
+    machineCpuS,
+    cpuUsPerConnection: proxyCpuS === null ? null : (proxyCpuS * 1e6) / connections,
+    machineUsPerConnection: (machineCpuS * 1e6) / connections,
+    clientExits,
+    lastClientError,
+    hostTimeWait: timeWaitCount(place.hostNs, target.host, target.port),
   };
 }
 
@@ -232,7 +383,9 @@ const MAIN_FIGURE = {
   udp: (r) => r.deliveredPps,
   eld: (r) => r.loaded.p99Ms,
   keepalive: (r) => r.rps,
+  keepalive2: (r) => r.rps,
   connect: (r) => r.cps,
+  churn: (r) => r.minCps,
   latency: (r) => r.p99Us,
 };
 
@@ -285,18 +438,28 @@ export function outcome(testId, r) {
         `(idle bystander ${f(r.bystander.loaded.p99Ms, 3)} ms), JS thread ${f(r.jsThreadCpuPct, 1)}% busy`
       );
     case 'keepalive':
+    case 'keepalive2':
       return `${Math.round(r.rps).toLocaleString('en-US')} req/s, p99 ${f(r.p99Ms)} ms${r.errors ? `, ${r.errors} errors` : ''}`;
     case 'connect':
       return `${Math.round(r.cps).toLocaleString('en-US')} conn/s${r.errors ? `, ${r.errors} errors` : ''}`;
     case 'latency':
       return `p50 ${r.p50Us} µs, p99 ${r.p99Us} µs, p99.9 ${r.p999Us} µs`;
+    case 'churn':
+      return (
+        `${r.slices.map((x) => Math.round(x.cps).toLocaleString('en-US')).join(' → ')} conn/s per ` +
+        `${r.sliceSeconds} s, proxy CPU ${f(r.proxyCpuS, 1)} s${r.clientExits ? `, client exited ${r.clientExits}× (${r.lastClientError})` : ''}` +
+        `${r.hostTimeWait !== null ? `, ${r.hostTimeWait.toLocaleString('en-US')} TIME_WAIT toward the target on the host` : ''}`
+      );
     default:
       return 'done';
   }
 }
 
-/** The targets of one place: iperf3 server, HTTP server (nginx or Node), echo server. */
-async function startTargets(place, env, httpPortCount, log) {
+/**
+ * The targets of one place: iperf3 server, HTTP server (nginx or Node), echo server, and with
+ * `redisMethods` a redis-server for each of those methods (the churn test).
+ */
+async function startTargets(place, env, httpPortCount, log, redisMethods = []) {
   const host = place.targetHost;
   const ns = place.targetNs;
   const pick = async (fixed) => (place.privateTargets ? fixed : freePort(host));
@@ -337,13 +500,35 @@ async function startTargets(place, env, httpPortCount, log) {
   targets.echo = spawnTracked([process.execPath, TARGETS, 'echo', host, String(targets.echoPort)], { ns });
   targets.echo.stdout.resume();
   await waitListening(targets.echoPort, { ns });
+  // redis-server as the issue's reproduction runs it (no persistence, no protected mode),
+  // bound to the target address; one per method, each its own port.
+  targets.redis = new Map();
+  for (const [i, id] of redisMethods.entries()) {
+    const port = await pick(6379 + i);
+    const child = spawnTracked(
+      [
+        ...['redis-server', '--port', String(port), '--bind', host],
+        ...['--save', '', '--appendonly', 'no', '--protected-mode', 'no'],
+      ],
+      { ns },
+    );
+    child.stdout.resume();
+    child.stderr.resume();
+    targets.redis.set(id, { host, port, child });
+  }
+  for (const r of targets.redis.values()) await waitListening(r.port, { ns });
+  targets.redisFor = (id) => targets.redis.get(id);
+  const redisPorts = [...targets.redis.values()].map((r) => r.port);
   log(
     `  targets in ${ns ?? 'this namespace'}: iperf3 ${host}:${targets.iperfPort}, ` +
-      `HTTP (${env.httpTarget}) ${host}:${targets.httpPorts.join(',')}, echo ${host}:${targets.echoPort}`,
+      `HTTP (${env.httpTarget}) ${host}:${targets.httpPorts.join(',')}, echo ${host}:${targets.echoPort}` +
+      (redisPorts.length ? `, redis-server ${host}:${redisPorts.join(',')}` : ''),
   );
   targets.stop = async () => {
     await Promise.all(
-      [targets.iperf, targets.http, targets.echo].map((c) => c && stop(c, { signal: 'SIGKILL' })),
+      [targets.iperf, targets.http, targets.echo, ...[...targets.redis.values()].map((r) => r.child)].map(
+        (c) => c && stop(c, { signal: 'SIGKILL' }),
+      ),
     );
   };
   return targets;
@@ -447,9 +632,15 @@ export async function runSuite({
     const placeResult = { id: place.id, title: place.title, methods: [] };
     results.places.push(placeResult);
     progress.log(place.title);
+    // The tests of this place; the churn test needs its tools and one redis-server per method.
+    const placeTests = tests.filter((t) => !t.firstPlaceOnly || place === places[0]);
+    const missingTool = (test) => (test.tools ?? [test.tool]).find((t) => t !== 'node' && !env.tools[t].path);
+    const redisMethods = placeTests.some((t) => t.id === 'churn' && !missingTool(t))
+      ? methodList.map((m) => m.id)
+      : [];
     let targets;
     try {
-      targets = await startTargets(place, env, methodList.length, (t) => progress.log(t));
+      targets = await startTargets(place, env, methodList.length, (t) => progress.log(t), redisMethods);
     } catch (error) {
       placeResult.error = `targets did not start: ${error.message}`;
       progress.log(`  ${placeResult.error}`);
@@ -470,6 +661,8 @@ export async function runSuite({
             { name: 'iperf', protos: ['tcp', 'udp'], targetPort: targets.iperfPort },
             { name: 'http', protos: ['tcp'], targetPort: targets.httpPorts[index] },
           ];
+          const redis = targets.redisFor(method.id);
+          if (redis) services.push({ name: 'redis', protos: ['tcp'], targetPort: redis.port });
           running.push({ method, entry, instance: await startMethod(method, place, services, env) });
         } catch (error) {
           entry.error = `did not start: ${error.message}`;
@@ -478,7 +671,8 @@ export async function runSuite({
       }
       const runs = new Map(); // "method/test" -> the results of each round
       for (let round = 1; round <= cfg.rounds; round++) {
-        for (const test of tests) {
+        for (const test of placeTests) {
+          if (test.once && round !== cfg.rounds) continue; // once: in the last round
           for (const method of methodList) {
             if (test.engineOnly && method.kind !== 'engine') continue;
             const roundLabel = cfg.rounds > 1 ? `round ${round}/${cfg.rounds} › ` : '';
@@ -489,9 +683,12 @@ export async function runSuite({
               progress.end(entry.skipped ? `skipped: ${entry.skipped}` : 'not run (did not start)');
               continue;
             }
-            if (test.tool !== 'node' && !env.tools[test.tool].path) {
+            const missing = missingTool(test);
+            if (missing || (test.tool === 'iperf3' && test.id === 'udp' && method.noUdp)) {
               entry.results[test.id] = {
-                skipped: `${test.tool} is not installed (${env.tools[test.tool].install})`,
+                skipped: missing
+                  ? `${missing} is not installed (${env.tools[missing].install})`
+                  : method.noUdp,
               };
               progress.end(`skipped: ${entry.results[test.id].skipped}`);
               continue;
@@ -499,7 +696,7 @@ export async function runSuite({
             const key = `${method.id}/${test.id}`;
             if (!runs.has(key)) runs.set(key, []);
             try {
-              const r = await test.run({ place, instance: live.instance, cfg, method });
+              const r = await test.run({ place, instance: live.instance, cfg, method, targets });
               runs.get(key).push(r);
               progress.end(outcome(test.id, r));
             } catch (error) {

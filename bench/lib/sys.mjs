@@ -35,12 +35,13 @@ export function inNs(ns, argv) {
 }
 
 /** Runs a short administrative command synchronously; throws with its stderr on failure. */
-export function sh(argv, { ns, allowFail = false, timeoutMs = 15000 } = {}) {
+export function sh(argv, { ns, allowFail = false, timeoutMs = 15000, maxBuffer = 1024 * 1024 } = {}) {
   const full = inNs(ns, argv);
   try {
     return execFileSync(full[0], full.slice(1), {
       encoding: 'utf8',
       timeout: timeoutMs,
+      maxBuffer,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
   } catch (error) {
@@ -53,25 +54,36 @@ export function sh(argv, { ns, allowFail = false, timeoutMs = 15000 } = {}) {
 /** Children still running; the cleanup kills them. */
 const running = new Set();
 onEveryCleanup(() => {
-  for (const child of running) {
-    try {
-      child.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
+  for (const child of running) signal(child, 'SIGKILL');
   running.clear();
 }, 'kill child processes');
 
+/** Sends `sig` to a child, or to its whole process group when it was started with `group`. */
+function signal(child, sig) {
+  try {
+    if (child.group) process.kill(-child.pid, sig);
+    else child.kill(sig);
+  } catch {
+    // already gone
+  }
+}
+
 /**
  * Spawns a child that the cleanup kills if it is still running. `stdio` as for spawn;
- * extra fds (such as docker-proxy's status pipe) go there too.
+ * extra fds (such as docker-proxy's status pipe) go there too. With `group`, the child leads
+ * a process group of its own and stopping it signals the group: for a server that forks a
+ * process per connection (socat), whose children outlive a killed parent.
  */
-export function spawnTracked(argv, { ns, stdio = ['ignore', 'pipe', 'pipe'], env } = {}) {
+export function spawnTracked(argv, { ns, stdio = ['ignore', 'pipe', 'pipe'], env, group = false } = {}) {
   const full = inNs(ns, argv);
-  const child = spawn(full[0], full.slice(1), { stdio, env: env ?? process.env });
+  const child = spawn(full[0], full.slice(1), { stdio, env: env ?? process.env, detached: group });
+  child.group = group;
   running.add(child);
-  child.once('exit', () => running.delete(child));
+  child.once('exit', () => {
+    running.delete(child);
+    // The leader is gone; its forked children (same group) are not.
+    if (group) signal(child, 'SIGKILL');
+  });
   child.on('error', () => running.delete(child));
   return child;
 }
@@ -90,10 +102,10 @@ export function exited(child) {
 }
 
 /** Stops a child: SIGTERM (or `signal`), then SIGKILL after `graceMs`. */
-export async function stop(child, { signal = 'SIGTERM', graceMs = 2000 } = {}) {
+export async function stop(child, { signal: sig = 'SIGTERM', graceMs = 2000 } = {}) {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  child.kill(signal);
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  signal(child, sig);
+  const timer = setTimeout(() => signal(child, 'SIGKILL'), graceMs);
   await exited(child);
   clearTimeout(timer);
 }
@@ -134,6 +146,55 @@ export function processCpuSeconds(pid) {
   return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
 }
 
+/** The direct children of a single-threaded process (/proc/PID/task/PID/children). */
+export function childPids(pid) {
+  const text = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+  return text ? text.split(' ').map(Number) : [];
+}
+
+/**
+ * CPU seconds of a process that forks a child per connection (socat's fork option): its own
+ * utime + stime, the children it has reaped (cutime + cstime), and the live children's.
+ * A child reaped while the children are read would count twice (live, then in cutime) or
+ * not at all, so the reading is taken again until cutime is the same before and after
+ * (bounded; the last reading stands). A child that has exited but is not yet reaped still
+ * shows its times in /proc/PID/stat.
+ */
+export function processTreeCpuSeconds(pid) {
+  const stat = (p) => readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ').map(Number);
+  let total = 0;
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const before = stat(pid);
+    let children = 0;
+    for (const child of childPids(pid)) {
+      try {
+        const f = stat(child);
+        children += f[11] + f[12];
+      } catch {
+        // exited and reaped meanwhile: cutime changes, and the reading is taken again
+      }
+    }
+    const after = stat(pid);
+    total = (after[11] + after[12] + after[13] + after[14] + children) / 100;
+    if (before[13] === after[13] && before[14] === after[14]) break;
+  }
+  return total;
+}
+
+/** `f(pid)` summed over a process and its live children (skipping those that exit meanwhile). */
+export function sumOverTree(pid, f) {
+  let total = f(pid);
+  for (const child of childPids(pid)) {
+    try {
+      const v = f(child);
+      if (Number.isFinite(v)) total += v; // a zombie has no VmRSS
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return total;
+}
+
 /**
  * One thread's CPU seconds (/proc/PID/task/TID/stat) and the nanoseconds it spent runnable
  * but waiting for a CPU (second field of /proc/PID/task/TID/schedstat; null without it).
@@ -157,6 +218,16 @@ export function openFds(pid) {
 /** Resident set size of a process in kB, from /proc/PID/status. */
 export function processRssKb(pid) {
   const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return match ? Number(match[1]) : NaN;
+}
+
+/**
+ * Proportional set size of a process in kB (/proc/PID/smaps_rollup): its resident pages with
+ * each shared page divided among the processes that map it. For a forking server, whose
+ * children share most of their pages, the sum of RSS would count those pages once per child.
+ */
+export function processPssKb(pid) {
+  const match = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
   return match ? Number(match[1]) : NaN;
 }
 

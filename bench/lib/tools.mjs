@@ -18,6 +18,23 @@ export function findTools() {
     ip: { path: which('ip'), for: 'network namespaces', install: 'apt-get install iproute2' },
     iptables: { path: which('iptables'), for: 'kernel NAT (DNAT)', install: 'apt-get install iptables' },
     ss: { path: which('ss'), for: 'waiting for listeners', install: 'apt-get install iproute2' },
+    haproxy: { path: which('haproxy'), for: 'the HAProxy method', install: 'apt-get install haproxy' },
+    socat: { path: which('socat'), for: 'the socat method', install: 'apt-get install socat' },
+    'redis-benchmark': {
+      path: which('redis-benchmark'),
+      for: 'the churn test (client)',
+      install: 'apt-get install redis-tools',
+    },
+    'redis-cli': {
+      path: which('redis-cli'),
+      for: 'the churn test (counts at the target)',
+      install: 'apt-get install redis-tools',
+    },
+    'redis-server': {
+      path: which('redis-server'),
+      for: 'the churn test (target)',
+      install: 'apt-get install redis-server',
+    },
   };
   return tools;
 }
@@ -76,8 +93,18 @@ function parseIperf(out) {
  * HTTP GETs with wrk: keep-alive (the default) or a new connection per request (`close`).
  * Latency percentiles come from wrk's own histogram of every request.
  */
-export async function wrkHttp({ ns, host, port, seconds, connections, close = false }) {
-  const argv = ['wrk', '-t', '1', '-c', String(connections), '-d', `${seconds}s`, '--timeout', '5s'];
+export async function wrkHttp({ ns, host, port, seconds, connections, close = false, threads = 1 }) {
+  const argv = [
+    'wrk',
+    '-t',
+    String(threads),
+    '-c',
+    String(connections),
+    '-d',
+    `${seconds}s`,
+    '--timeout',
+    '5s',
+  ];
   argv.push('-s', WRK_SCRIPT);
   if (close) argv.push('-H', 'Connection: close');
   argv.push(`http://${host}:${port}/`);
@@ -90,6 +117,7 @@ export async function wrkHttp({ ns, host, port, seconds, connections, close = fa
   const s = json.durationUs / 1e6;
   return {
     tool: 'wrk',
+    threads,
     connections,
     requests: json.requests,
     seconds: s,

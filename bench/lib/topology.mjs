@@ -125,7 +125,8 @@ function hostNamespace(tag) {
   sh(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv4.ip_local_port_range=32768 65000'], {
     ns: hostNs,
   });
-  sh(['sysctl', '-q', '-w', 'net.ipv4.tcp_tw_reuse=1'], { ns: hostNs, allowFail: true });
+  // net.ipv4.tcp_tw_reuse stays at the kernel's default (2: loopback only), as on a real
+  // host: the churn test measures how a proxy copes with it (the proxy must not change it).
   // Present once nf_conntrack is loaded; a namespace of our own, so no restore is needed.
   sh(['sysctl', '-q', '-w', 'net.netfilter.nf_conntrack_tcp_timeout_time_wait=1'], {
     ns: hostNs,
@@ -210,7 +211,8 @@ export function dockerTopology({ tag = String(process.pid), log = () => {} } = {
   sh(['ip', 'addr', 'add', `${client}/24`, 'dev', 'eth0'], { ns: clientNs });
   sh(['ip', 'link', 'set', 'eth0', 'up'], { ns: clientNs });
   sh(['ip', 'route', 'add', 'default', 'via', hostOnClient], { ns: clientNs });
-  // The client opens many short connections: let it reuse ports in TIME_WAIT.
+  // The client opens many short connections: let it reuse ports in TIME_WAIT (here only:
+  // the client's own ports are not what the churn test measures).
   sh(['sysctl', '-q', '-w', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65000'], {
     ns: clientNs,
     allowFail: true,
