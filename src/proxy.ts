@@ -4,6 +4,7 @@
  */
 import type { Backend, RawCounters } from './backend.js';
 import { resolveMapping, validateCloseOptions, validateProxyOptions } from './config.js';
+import { bindingError } from './binding.js';
 import { SpliceBackend } from './splice-engine.js';
 import { StreamBackend } from './stream-engine.js';
 import type {
@@ -20,6 +21,27 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 /** How often a drain looks at the connection counts. */
 const DRAIN_POLL_MS = 20;
+
+/** The fallback to the stream engine is announced once per process, not once per proxy. */
+let warnedFallback = false;
+
+/**
+ * The engine when none is asked for: splice on Linux when its addon loads, else stream (with a
+ * one-time warning that names what is missing, so that a failed install does not go unnoticed).
+ * An explicit `engine: 'splice'` never falls back: SpliceBackend throws the load error.
+ */
+function defaultEngine(): EngineName {
+  if (process.platform !== 'linux') return 'stream';
+  const missing = bindingError();
+  if (missing === undefined) return 'splice';
+  if (!warnedFallback) {
+    warnedFallback = true;
+    process.emitWarning(`${missing.message.replace(/\.$/, '')}; falling back to the stream engine`, {
+      code: 'PORTSPLICE_STREAM_FALLBACK',
+    });
+  }
+  return 'stream';
+}
 
 /** Open proxies stay reachable until closed, as a listening net.Server does. */
 const openProxies = new Set<PortspliceProxy>();
@@ -38,7 +60,9 @@ class PortspliceProxy implements Proxy {
   #closing: Promise<void> | undefined;
 
   constructor(options: ProxyOptions | undefined) {
-    const resolved = validateProxyOptions(options, process.platform === 'linux' ? 'splice' : 'stream');
+    // Validate first, so that bad options throw before any fallback warning.
+    const validated = validateProxyOptions(options, 'splice');
+    const resolved = options?.engine === undefined ? { ...validated, engine: defaultEngine() } : validated;
     this.engine = resolved.engine;
     this.#backend = resolved.engine === 'splice' ? new SpliceBackend(resolved) : new StreamBackend();
     openProxies.add(this);

@@ -8,7 +8,6 @@ import type { Server } from 'node:http';
 import { createProxy } from '../index.js';
 import type { Mapping, Proxy } from '../types.js';
 import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions, type MappingSpec } from './args.js';
-import { createMetrics, serverAddress, startMetricsServer, stopMetricsServer } from './metrics.js';
 import { startJsonLines, startLiveView, startupLine, type View } from './view.js';
 
 /** Where the CLI writes; `process.stdout`/`process.stderr` in real use. */
@@ -90,6 +89,28 @@ function describeMapping(spec: MappingSpec): string {
   );
 }
 
+type MetricsModule = typeof import('./metrics.js');
+
+/**
+ * metrics.ts, loaded only for --metrics: prom-client is an optional dependency, so that
+ * library users (and `npm install --omit=optional`) need not install it.
+ */
+async function loadMetrics(): Promise<MetricsModule> {
+  try {
+    return await import('./metrics.js');
+  } catch (err) {
+    if (
+      (err as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' &&
+      /prom-client/.test(errorText(err))
+    ) {
+      throw new Error('--metrics needs the optional dependency prom-client: npm install prom-client', {
+        cause: err,
+      });
+    }
+    throw err;
+  }
+}
+
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -151,12 +172,14 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
 
   // Open everything, or nothing: on the first failure, close what was opened.
   let metricsServer: Server | undefined;
+  let metrics: MetricsModule | undefined;
   const mappings: Mapping[] = [];
   try {
     if (options.metrics) {
       const { host, port } = options.metrics;
+      metrics = await loadMetrics();
       try {
-        metricsServer = await startMetricsServer(createMetrics(proxy, version), host, port);
+        metricsServer = await metrics.startMetricsServer(metrics.createMetrics(proxy, version), host, port);
       } catch (err) {
         throw new Error(`cannot serve metrics on ${formatEndpoint(host, port)}: ${errorText(err)}`, {
           cause: err,
@@ -182,7 +205,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     const message = errorText(err);
     await Promise.allSettled([
       proxy.close(),
-      metricsServer ? stopMetricsServer(metricsServer) : Promise.resolve(),
+      metricsServer ? metrics!.stopMetricsServer(metricsServer) : Promise.resolve(),
     ]);
     io.stderr.write(`portsplice: ${message}\n`);
     status.report(false, message);
@@ -200,7 +223,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     } else {
       for (const m of mappings) io.stdout.write(`${startupLine(m)}\n`);
       if (metricsServer)
-        io.stdout.write(`portsplice: metrics on http://${serverAddress(metricsServer)}/metrics\n`);
+        io.stdout.write(`portsplice: metrics on http://${metrics!.serverAddress(metricsServer)}/metrics\n`);
     }
   } else {
     status.report(false, `stopped by ${signalled} while starting`);
@@ -232,7 +255,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   try {
     await Promise.all([
       proxy.close({ drainTimeoutMs: drainMs }),
-      metricsServer ? stopMetricsServer(metricsServer) : Promise.resolve(),
+      metricsServer ? metrics!.stopMetricsServer(metricsServer) : Promise.resolve(),
     ]);
   } catch (err) {
     io.stderr.write(`portsplice: error while stopping: ${errorText(err)}\n`);
