@@ -57,6 +57,7 @@ export type ReadFile = (path: string) => string;
 export const HELP = `Usage: portsplice [options] -p SPEC [-p SPEC ...]
        portsplice [options] --config FILE
        portsplice -proto tcp|udp -host-ip IP -host-port PORT -container-ip IP -container-port PORT
+       portsplice docker-proxy [path | install [DIR]]   (see portsplice docker-proxy --help)
 
 Forwards TCP and UDP ports to other addresses; one process serves many ports.
 
@@ -99,7 +100,7 @@ docker-proxy compatibility (Go flag syntax: -flag value, -flag=value, --flag val
   -container-ip IP       Target address.
   -container-port PORT   Target port.
   -use-listen-fd         Not supported by the Node CLI: use the native
-                         portsplice-docker-proxy (its path is exported as dockerProxyPath).
+                         portsplice-docker-proxy ('portsplice docker-proxy' prints its path).
   When fd 3 is a pipe, "0\\n" is written to it once every port is listening, or "1\\n" and
   the error before exiting 1.
 

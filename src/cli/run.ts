@@ -7,6 +7,7 @@ import { constants as osConstants } from 'node:os';
 import type { Server } from 'node:http';
 import { createProxy } from '../index.js';
 import type { Mapping, Proxy } from '../types.js';
+import { runDockerProxy } from './docker-proxy.js';
 import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions, type MappingSpec } from './args.js';
 import { startJsonLines, startLiveView, startupLine, type View } from './view.js';
 
@@ -119,6 +120,10 @@ function errorText(err: unknown): string {
 export async function run(argv: readonly string[], io: Streams = process): Promise<number> {
   const status = new StatusPipe();
   const version = packageVersion();
+  if (argv[0] === 'docker-proxy') {
+    status.close();
+    return runDockerProxy(argv.slice(1), io);
+  }
 
   let options: CliOptions;
   try {
