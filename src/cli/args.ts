@@ -49,6 +49,8 @@ export interface CliOptions {
   version: boolean;
   /** docker-proxy's `-use-listen-fd` was given (the Node CLI rejects it). */
   useListenFd: boolean;
+  /** The --config files, in order: what SIGHUP reads again. */
+  configFiles: string[];
 }
 
 /** Reads a config file; injected so that parsing stays pure and testable. */
@@ -511,6 +513,7 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
     help: false,
     version: false,
     useListenFd: false,
+    configFiles: [],
   };
   const docker: Partial<
     Record<'proto' | 'host-ip' | 'host-port' | 'container-ip' | 'container-port', string>
@@ -593,6 +596,7 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
   if (options.help || options.version) return options;
 
   // The config files first; flags given on the command line win over their settings.
+  options.configFiles = configs;
   for (const file of configs) {
     if (!readFile) throw new UsageError('--config is not available here');
     let text: string;
