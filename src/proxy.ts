@@ -162,7 +162,8 @@ class PortspliceProxy implements Proxy {
   #openConnections(ids: readonly number[]): number {
     const counters = this.#backend.counters();
     let active = 0;
-    for (const id of ids) if (this.#mappings.get(id)?.proto === 'tcp') active += counters.get(id)?.active ?? 0;
+    for (const id of ids)
+      if (this.#mappings.get(id)?.proto === 'tcp') active += counters.get(id)?.active ?? 0;
     return active;
   }
 
