@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { spawnCli, startCli, stopCli, killAll } from './cli-helpers.mjs';
+import { CLI, spawnCli, startCli, stopCli, killAll } from './cli-helpers.mjs';
 import {
   V4,
   startEchoServer,
@@ -293,6 +293,49 @@ test(
       assert.deepEqual(order, ['READY=1', 'RELOADING=1', 'READY=1', 'STOPPING=1']);
     } finally {
       fake.kill('SIGKILL');
+    }
+  },
+);
+
+const UNIT = new URL('../contrib/systemd/portsplice.service', import.meta.url);
+const HAVE_ANALYZE = spawnSync('systemd-analyze', ['--version'], { stdio: 'ignore' }).status === 0;
+
+test(
+  'contrib/systemd/portsplice.service: systemd accepts it, it runs this command, and its exposure is low',
+  { skip: HAVE_ANALYZE ? false : 'needs systemd-analyze' },
+  () => {
+    const text = fs.readFileSync(UNIT, 'utf8');
+    const settings = new Map();
+    for (const line of text.split('\n')) {
+      const m = /^([A-Za-z]+)=(.*)$/.exec(line);
+      if (m) settings.set(m[1], [...(settings.get(m[1]) ?? []), m[2]]);
+    }
+    const one = (key) => settings.get(key)?.join(' ');
+    assert.equal(one('Type'), 'notify');
+    assert.equal(one('NotifyAccess'), 'all', 'systemd-notify, a child, sends the notifications');
+    assert.equal(one('ExecReload'), '/bin/kill -HUP $MAINPID');
+    assert.equal(one('DynamicUser'), 'yes');
+    assert.equal(one('AmbientCapabilities'), 'CAP_NET_BIND_SERVICE');
+    assert.equal(one('RestrictAddressFamilies'), 'AF_INET AF_INET6 AF_UNIX');
+    const exec = one('ExecStart').split(' ');
+    assert.deepEqual(exec.slice(1), ['--config', '/etc/portsplice/config.json']);
+
+    // systemd-analyze checks that ExecStart exists: point it at this checkout's command.
+    const unit = path.join(tmp, 'portsplice.service');
+    fs.writeFileSync(unit, text.replace(/^ExecStart=\S+/m, `ExecStart=${process.execPath} ${CLI}`));
+    const verify = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8', timeout: 20000 });
+    assert.equal(verify.status, 0, verify.stderr);
+    assert.equal(verify.stderr.trim(), '', 'no unknown or bad settings');
+    const security = spawnSync('systemd-analyze', ['security', '--offline=yes', '--threshold=30', unit], {
+      encoding: 'utf8',
+      timeout: 20000,
+    });
+    if (!/unrecognized option|Unknown option/.test(security.stderr)) {
+      assert.equal(
+        security.status,
+        0,
+        `exposure above 3.0:\n${security.stdout.split('\n').slice(-3).join('\n')}`,
+      );
     }
   },
 );
