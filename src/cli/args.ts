@@ -89,6 +89,7 @@ Options:
   --drain-timeout SECONDS
                          On SIGTERM/SIGINT stop accepting at once and give open connections
                          this long to finish (default ${DEFAULT_DRAIN_TIMEOUT}); a second signal exits at once.
+                         SIGHUP reloads the --config files (a bad file changes nothing).
   -h, --help             Show this help.
   -v, --version          Show the version.
 
