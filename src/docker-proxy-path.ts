@@ -1,11 +1,8 @@
 /**
  * Where the package keeps portsplice-docker-proxy, the drop-in replacement for Docker's
- * docker-proxy (prebuilt in prebuilds/, or built by node-gyp), so that dockerd can be pointed
- * at it (`portsplice docker-proxy install` copies it to a stable place first):
- *
- * ```sh
- * dockerd --userland-proxy-path="$(node -p "require('portsplice').dockerProxyPath")"
- * ```
+ * docker-proxy (prebuilt in prebuilds/, or built by node-gyp). dockerd should get a copy
+ * outside node_modules/ (`portsplice docker-proxy install` makes one and prints the
+ * daemon.json lines), since this path changes whenever the project is reinstalled or moved.
  *
  * require() of this ES module needs Node 20.19 or 22.12 and later; on older versions use
  * `node --input-type=module -e "import('portsplice').then((m) => console.log(m.dockerProxyPath))"`.
