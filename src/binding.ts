@@ -70,19 +70,30 @@ export function loadBinding(): NativeBinding {
         cached = load(packageRoot);
       }
     } catch (cause) {
-      const tried = override
-        ? path.resolve(override)
-        : ['build/Release', 'build/Debug', `prebuilds/${process.platform}-${process.arch}`]
-            .map((p) => path.join(packageRoot, p))
-            .join(', ');
+      // require() appends its "Require stack" lines: the first line says what went wrong.
+      const reason = String((cause as Error).message).split('\n')[0];
       cached = new Error(
-        `portsplice: cannot load the native addon (looked in ${tried}): ${(cause as Error).message}. ` +
-          `Rebuild it with "npm rebuild portsplice" (needs python3, make and a C++ compiler), ` +
-          `or use createProxy({ engine: 'stream' }).`,
+        override
+          ? `portsplice: cannot load the native addon ${path.resolve(override)} (PORTSPLICE_ADDON): ${reason}`
+          : `portsplice: cannot load the native addon: no prebuilt binary in ` +
+              `${path.join(packageRoot, 'prebuilds')} loads on ${process.platform}-${process.arch} ` +
+              `and there is no build in ${path.join(packageRoot, 'build', 'Release')} (${reason}); ` +
+              `build it with "npm rebuild portsplice" (needs python3, make and a C++17 compiler), ` +
+              `or use createProxy({ engine: 'stream' }).`,
         { cause },
       );
     }
   }
   if (cached instanceof Error) throw cached;
   return cached;
+}
+
+/** The reason the addon cannot be loaded, or undefined when it loads. */
+export function bindingError(): Error | undefined {
+  try {
+    loadBinding();
+    return undefined;
+  } catch (error) {
+    return error as Error;
+  }
 }

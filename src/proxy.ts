@@ -4,12 +4,14 @@
  */
 import type { Backend } from './backend.js';
 import { resolveMapping, validateCloseOptions, validateProxyOptions } from './config.js';
+import { bindingError } from './binding.js';
 import { proxyClosedError, unknownMappingError } from './errors.js';
 import { shapeStats } from './stats.js';
 import { SpliceBackend } from './splice-engine.js';
 import { StreamBackend } from './stream-engine.js';
 import type {
   CloseOptions,
+  DrainResult,
   EngineName,
   Mapping,
   MappingOptions,
@@ -23,6 +25,27 @@ import { setTimeout as sleep } from 'node:timers/promises';
 /** How often a drain looks at the connection counts. */
 const DRAIN_POLL_MS = 20;
 
+/** The fallback to the stream engine is announced once per process, not once per proxy. */
+let warnedFallback = false;
+
+/**
+ * The engine when none is asked for: splice on Linux when its addon loads, else stream (with a
+ * one-time warning that names what is missing, so that a failed install does not go unnoticed).
+ * An explicit `engine: 'splice'` never falls back: SpliceBackend throws the load error.
+ */
+function defaultEngine(): EngineName {
+  if (process.platform !== 'linux') return 'stream';
+  const missing = bindingError();
+  if (missing === undefined) return 'splice';
+  if (!warnedFallback) {
+    warnedFallback = true;
+    process.emitWarning(`${missing.message.replace(/\.$/, '')}; falling back to the stream engine`, {
+      code: 'PORTSPLICE_STREAM_FALLBACK',
+    });
+  }
+  return 'stream';
+}
+
 /** Open proxies stay reachable until closed, as a listening net.Server does. */
 const openProxies = new Set<PortspliceProxy>();
 
@@ -30,13 +53,17 @@ class PortspliceProxy implements Proxy {
   readonly engine: EngineName;
   #backend: Backend;
   #mappings = new Map<number, Mapping>();
+  /** Mappings whose listener is closed: draining before their removal. */
+  #stopped = new Set<number>();
   #pending = 0;
   #wantRef = true;
   #isRefed: boolean | undefined;
-  #closing: Promise<void> | undefined;
+  #closing: Promise<DrainResult> | undefined;
 
   constructor(options: ProxyOptions | undefined) {
-    const resolved = validateProxyOptions(options, process.platform === 'linux' ? 'splice' : 'stream');
+    // Validate first, so that bad options throw before any fallback warning.
+    const validated = validateProxyOptions(options, 'splice');
+    const resolved = options?.engine === undefined ? { ...validated, engine: defaultEngine() } : validated;
     this.engine = resolved.engine;
     this.#backend = resolved.engine === 'splice' ? new SpliceBackend(resolved) : new StreamBackend();
     openProxies.add(this);
@@ -94,15 +121,24 @@ class PortspliceProxy implements Proxy {
     });
   }
 
-  async remove(mapping: Mapping | number): Promise<void> {
+  async remove(mapping: Mapping | number, options?: CloseOptions): Promise<DrainResult> {
     if (this.closed) throw proxyClosedError();
     const id = typeof mapping === 'number' ? mapping : mapping?.id;
-    if (typeof id !== 'number' || !this.#mappings.has(id)) throw unknownMappingError(id);
-    this.#mappings.delete(id);
-    await this.#track(() => this.#backend.remove(id));
+    if (typeof id !== 'number' || !this.#mappings.has(id) || this.#stopped.has(id))
+      throw unknownMappingError(id);
+    const drainTimeoutMs = validateCloseOptions(options);
+    return this.#track(async () => {
+      const reset = await this.#drain([id], drainTimeoutMs);
+      // A close() during the drain removes everything itself.
+      if (this.closed) return { reset };
+      this.#mappings.delete(id);
+      this.#stopped.delete(id);
+      await this.#backend.remove(id);
+      return { reset };
+    });
   }
 
-  close(options?: CloseOptions): Promise<void> {
+  close(options?: CloseOptions): Promise<DrainResult> {
     if (this.#closing === undefined) {
       let drainTimeoutMs: number;
       try {
@@ -110,25 +146,39 @@ class PortspliceProxy implements Proxy {
       } catch (error) {
         return Promise.reject(error);
       }
-      this.#closing = this.#drain(drainTimeoutMs)
-        .then(() => {
+      this.#closing = this.#drain([...this.#mappings.keys()], drainTimeoutMs)
+        .then(async (reset) => {
           this.#mappings.clear();
-          return this.#backend.close();
+          await this.#backend.close();
+          return { reset };
         })
         .finally(() => openProxies.delete(this));
     }
     return this.#closing;
   }
 
-  /** Closes the listeners and waits, up to the timeout, for open connections to end. */
-  async #drain(timeoutMs: number): Promise<void> {
-    if (timeoutMs === 0 || this.#mappings.size === 0) return;
-    await Promise.all([...this.#mappings.keys()].map((id) => this.#backend.stopListening(id)));
+  /** Open TCP connections of these mappings (UDP flows have no end to wait for). */
+  #openConnections(ids: readonly number[]): number {
+    const counters = this.#backend.counters();
+    let active = 0;
+    for (const id of ids)
+      if (this.#mappings.get(id)?.proto === 'tcp') active += counters.get(id)?.active ?? 0;
+    return active;
+  }
+
+  /**
+   * Closes these mappings' listeners and waits, up to the timeout, for their open TCP
+   * connections to end; resolves with how many are still open (to be reset by the caller).
+   */
+  async #drain(ids: readonly number[], timeoutMs: number): Promise<number> {
+    if (timeoutMs === 0 || ids.length === 0) return this.#openConnections(ids);
+    const listening = ids.filter((id) => !this.#stopped.has(id));
+    for (const id of listening) this.#stopped.add(id);
+    await Promise.all(listening.map((id) => this.#backend.stopListening(id)));
     const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
-      let active = 0;
-      for (const c of this.#backend.counters().values()) active += c.active;
-      if (active === 0) return;
+    for (;;) {
+      const active = this.#openConnections(ids);
+      if (active === 0 || Date.now() >= deadline) return active;
       await sleep(Math.min(DRAIN_POLL_MS, Math.max(1, deadline - Date.now())));
     }
   }

@@ -69,6 +69,15 @@ export interface CloseOptions {
   drainTimeoutMs?: number;
 }
 
+/**
+ * What a drain left behind: the TCP connections still open when its timeout ran out, which
+ * were then reset (0 when every connection finished in time, or without a timeout: how many
+ * were reset at once).
+ */
+export interface DrainResult {
+  reset: number;
+}
+
 /** A mapping that is listening. Pass it (or its id) to `proxy.remove()`. */
 export interface Mapping {
   readonly id: number;
@@ -175,14 +184,18 @@ export interface Proxy {
    * and with an error whose `code` is `EADDRINUSE` (or another errno name) when binding fails.
    */
   add(options: MappingOptions): Promise<Mapping>;
-  /** Stop listening and close (reset) every open connection of that mapping. */
-  remove(mapping: Mapping | number): Promise<void>;
+  /**
+   * Stop listening and close (reset) every open connection of that mapping. With
+   * `drainTimeoutMs`, its listener closes at once and its open connections get that long to
+   * finish first; the mapping stays in `stats()` until it is gone.
+   */
+  remove(mapping: Mapping | number, options?: CloseOptions): Promise<DrainResult>;
   /**
    * Stop everything. Resolves when every thread has exited and every socket is closed.
    * With `drainTimeoutMs`, listeners close at once and open connections get that long
    * to finish on their own first.
    */
-  close(options?: CloseOptions): Promise<void>;
+  close(options?: CloseOptions): Promise<DrainResult>;
   /** A synchronous snapshot of the counters; reading it never stops the data path. */
   stats(): ProxyStats;
   /** Keep the process alive while mappings exist (the default), like `net.Server.ref()`. */

@@ -49,6 +49,8 @@ export interface CliOptions {
   version: boolean;
   /** docker-proxy's `-use-listen-fd` was given (the Node CLI rejects it). */
   useListenFd: boolean;
+  /** The --config files, in order: what SIGHUP reads again. */
+  configFiles: string[];
 }
 
 /** Reads a config file; injected so that parsing stays pure and testable. */
@@ -57,6 +59,7 @@ export type ReadFile = (path: string) => string;
 export const HELP = `Usage: portsplice [options] -p SPEC [-p SPEC ...]
        portsplice [options] --config FILE
        portsplice -proto tcp|udp -host-ip IP -host-port PORT -container-ip IP -container-port PORT
+       portsplice docker-proxy [path | install [DIR]]   (see portsplice docker-proxy --help)
 
 Forwards TCP and UDP ports to other addresses; one process serves many ports.
 
@@ -86,6 +89,7 @@ Options:
   --drain-timeout SECONDS
                          On SIGTERM/SIGINT stop accepting at once and give open connections
                          this long to finish (default ${DEFAULT_DRAIN_TIMEOUT}); a second signal exits at once.
+                         SIGHUP reloads the --config files (a bad file changes nothing).
   -h, --help             Show this help.
   -v, --version          Show the version.
 
@@ -99,7 +103,7 @@ docker-proxy compatibility (Go flag syntax: -flag value, -flag=value, --flag val
   -container-ip IP       Target address.
   -container-port PORT   Target port.
   -use-listen-fd         Not supported by the Node CLI: use the native
-                         portsplice-docker-proxy (its path is exported as dockerProxyPath).
+                         portsplice-docker-proxy ('portsplice docker-proxy' prints its path).
   When fd 3 is a pipe, "0\\n" is written to it once every port is listening, or "1\\n" and
   the error before exiting 1.
 
@@ -510,6 +514,7 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
     help: false,
     version: false,
     useListenFd: false,
+    configFiles: [],
   };
   const docker: Partial<
     Record<'proto' | 'host-ip' | 'host-port' | 'container-ip' | 'container-port', string>
@@ -592,6 +597,7 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
   if (options.help || options.version) return options;
 
   // The config files first; flags given on the command line win over their settings.
+  options.configFiles = configs;
   for (const file of configs) {
     if (!readFile) throw new UsageError('--config is not available here');
     let text: string;

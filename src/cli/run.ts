@@ -6,9 +6,11 @@ import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { Server } from 'node:http';
 import { createProxy } from '../index.js';
-import type { Mapping, Proxy } from '../types.js';
-import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions, type MappingSpec } from './args.js';
-import { createMetrics, serverAddress, startMetricsServer, stopMetricsServer } from './metrics.js';
+import type { Proxy } from '../types.js';
+import { runDockerProxy } from './docker-proxy.js';
+import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions } from './args.js';
+import { SystemdNotifier } from './notify.js';
+import { applyMappings, describeSpec, mappingKeys, type LiveMapping } from './reload.js';
 import { startJsonLines, startLiveView, startupLine, type View } from './view.js';
 
 /** Where the CLI writes; `process.stdout`/`process.stderr` in real use. */
@@ -82,12 +84,26 @@ export class StatusPipe {
   }
 }
 
-function describeMapping(spec: MappingSpec): string {
-  const { proto, listen, target } = spec.options;
-  return (
-    `${proto} ${formatEndpoint(listen.host ?? '0.0.0.0', listen.port)} -> ` +
-    `${formatEndpoint(target.host, target.port)}`
-  );
+type MetricsModule = typeof import('./metrics.js');
+
+/**
+ * metrics.ts, loaded only for --metrics: prom-client is an optional dependency, so that
+ * library users (and `npm install --omit=optional`) need not install it.
+ */
+async function loadMetrics(): Promise<MetricsModule> {
+  try {
+    return await import('./metrics.js');
+  } catch (err) {
+    if (
+      (err as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' &&
+      /prom-client/.test(errorText(err))
+    ) {
+      throw new Error('--metrics needs the optional dependency prom-client: npm install prom-client', {
+        cause: err,
+      });
+    }
+    throw err;
+  }
 }
 
 function errorText(err: unknown): string {
@@ -98,10 +114,15 @@ function errorText(err: unknown): string {
 export async function run(argv: readonly string[], io: Streams = process): Promise<number> {
   const status = new StatusPipe();
   const version = packageVersion();
+  if (argv[0] === 'docker-proxy') {
+    status.close();
+    return runDockerProxy(argv.slice(1), io);
+  }
 
+  const readFile = (file: string) => fs.readFileSync(file, 'utf8');
   let options: CliOptions;
   try {
-    options = parseArgs(argv, (file) => fs.readFileSync(file, 'utf8'));
+    options = parseArgs(argv, readFile);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     io.stderr.write(`portsplice: ${err.message}\n\n${HELP}\n`);
@@ -119,20 +140,33 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     return 0;
   }
 
-  // Signals: the first one stops (also during startup), a second one exits at once.
+  // Signals: the first SIGTERM/SIGINT stops (also during startup), a second one exits at once.
+  // SIGHUP (whose default action would kill the process) reloads the config files.
   let signalled: NodeJS.Signals | undefined;
-  let wake!: () => void;
-  const stopRequested = new Promise<void>((resolve) => (wake = resolve));
+  let reloadWanted = false;
+  let wakeMain: (() => void) | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     if (signalled !== undefined) {
       io.stderr.write(`portsplice: ${signal} again, exiting now\n`);
       process.exit(128 + (osConstants.signals[signal] ?? 0));
     }
     signalled = signal;
-    wake();
+    wakeMain?.();
+  };
+  const onHangup = () => {
+    reloadWanted = true;
+    wakeMain?.();
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onHangup);
+
+  const live = io.stdout.isTTY === true && process.env.TERM !== 'dumb' && !options.json;
+  // Log lines (start, listeners, reloads, drains) go to stdout when it is a log (systemd's
+  // journal, a file); to stderr when stdout has the live view or the JSON lines.
+  const logStream = live || options.json ? io.stderr : io.stdout;
+  const log = (line: string) => logStream.write(`portsplice: ${line}\n`);
+  const notifier = new SystemdNotifier((message) => io.stderr.write(`portsplice: ${message}\n`));
 
   let proxy: Proxy;
   try {
@@ -151,12 +185,14 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
 
   // Open everything, or nothing: on the first failure, close what was opened.
   let metricsServer: Server | undefined;
-  const mappings: Mapping[] = [];
+  let metrics: MetricsModule | undefined;
+  let mappings: LiveMapping[] = [];
   try {
     if (options.metrics) {
       const { host, port } = options.metrics;
+      metrics = await loadMetrics();
       try {
-        metricsServer = await startMetricsServer(createMetrics(proxy, version), host, port);
+        metricsServer = await metrics.startMetricsServer(metrics.createMetrics(proxy, version), host, port);
       } catch (err) {
         throw new Error(`cannot serve metrics on ${formatEndpoint(host, port)}: ${errorText(err)}`, {
           cause: err,
@@ -164,14 +200,15 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
       }
     }
     const total = options.mappings.length;
+    const keys = mappingKeys(options.mappings);
     for (let i = 0; i < total && signalled === undefined; i++) {
       const spec = options.mappings[i]!;
       try {
-        mappings.push(await proxy.add(spec.options));
+        mappings.push({ key: keys[i]!, spec, mapping: await proxy.add(spec.options) });
       } catch (err) {
         const which = total > 1 ? `mapping ${i + 1} of ${total}, ` : '';
         throw new Error(
-          `cannot listen on ${describeMapping(spec)} (${which}${spec.source}): ${errorText(err)}`,
+          `cannot listen on ${describeSpec(spec)} (${which}${spec.source}): ${errorText(err)}`,
           {
             cause: err,
           },
@@ -182,15 +219,18 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     const message = errorText(err);
     await Promise.allSettled([
       proxy.close(),
-      metricsServer ? stopMetricsServer(metricsServer) : Promise.resolve(),
+      metricsServer ? metrics!.stopMetricsServer(metricsServer) : Promise.resolve(),
     ]);
     io.stderr.write(`portsplice: ${message}\n`);
     status.report(false, message);
     return 1;
   }
 
+  const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+  const statusLine = () => `forwarding ${plural(mappings.length, 'mapping')} (${proxy.engine} engine)`;
+  const drainMs = Math.round(options.drainTimeout * 1000);
+
   let view: View | undefined;
-  const live = io.stdout.isTTY === true && process.env.TERM !== 'dumb' && !options.json;
   if (signalled === undefined) {
     status.report(true);
     if (options.json) {
@@ -198,30 +238,96 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     } else if (live) {
       view = startLiveView(proxy, io.stdout, (options.interval ?? DEFAULT_LIVE_INTERVAL) * 1000, version);
     } else {
-      for (const m of mappings) io.stdout.write(`${startupLine(m)}\n`);
+      for (const m of mappings) io.stdout.write(`${startupLine(m.mapping)}\n`);
       if (metricsServer)
-        io.stdout.write(`portsplice: metrics on http://${serverAddress(metricsServer)}/metrics\n`);
+        io.stdout.write(`portsplice: metrics on http://${metrics!.serverAddress(metricsServer)}/metrics\n`);
     }
+    if (!live) log(`started ${version}, pid ${process.pid}: ${statusLine()}`);
+    notifier.ready(statusLine());
   } else {
     status.report(false, `stopped by ${signalled} while starting`);
   }
 
-  await stopRequested;
+  /** SIGHUP: read the config again and apply the difference; a bad file changes nothing. */
+  const reload = async (): Promise<void> => {
+    if (options.configFiles.length === 0) {
+      log('SIGHUP: no --config file to reload; nothing changed');
+      return;
+    }
+    notifier.reloading();
+    const files = options.configFiles.join(', ');
+    let next: CliOptions;
+    try {
+      next = parseArgs(argv, readFile);
+    } catch (err) {
+      log(`SIGHUP: ${files} rejected, still running the previous config: ${errorText(err)}`);
+      notifier.ready(statusLine());
+      return;
+    }
+    const fixed: string[] = (['engine', 'threads', 'pipeSize', 'maxPipes', 'drainTimeout'] as const).filter(
+      (name) => next[name] !== options[name],
+    );
+    if (JSON.stringify(next.metrics) !== JSON.stringify(options.metrics)) fixed.push('metrics');
+    if (fixed.length > 0) log(`SIGHUP: changes to ${fixed.join(', ')} take effect on restart only`);
+    try {
+      const result = await applyMappings(proxy, mappings, next.mappings, drainMs);
+      mappings = result.live;
+      const { kept, added, removed, drained } = result.outcome;
+      log(`SIGHUP: reloaded ${files}: ${kept} unchanged, ${added.length} added, ${removed.length} removed`);
+      for (const m of added) log(`${startupLine(m.mapping).replace(/^portsplice: /, '')} (added)`);
+      for (const m of removed) {
+        const open = proxy.stats().mappings.find((s) => s.id === m.mapping.id);
+        const active = open?.proto === 'tcp' ? open.connections.active : 0;
+        log(
+          `mapping ${m.mapping.id} ${describeSpec(m.spec)} removed: draining ${plural(active, 'open connection')}` +
+            (active > 0 ? ` for up to ${options.drainTimeout} s` : ''),
+        );
+      }
+      void drained.then((results) => {
+        for (const { mapping, reset } of results) {
+          log(
+            `mapping ${mapping.mapping.id} drained` +
+              (reset > 0 ? `: ${plural(reset, 'connection')} reset at the timeout` : ''),
+          );
+        }
+      });
+    } catch (err) {
+      mappings = (err as Error & { live?: LiveMapping[] }).live ?? mappings;
+      log(`SIGHUP: ${files} not applied, still running the previous config: ${errorText(err)}`);
+    }
+    notifier.ready(statusLine());
+  };
+
+  // Wait for a stop, serving reloads in the meantime (one at a time, in arrival order).
+  while (signalled === undefined) {
+    if (reloadWanted) {
+      reloadWanted = false;
+      await reload();
+      continue;
+    }
+    await new Promise<void>((resolve) => (wakeMain = resolve));
+    wakeMain = undefined;
+  }
 
   // Stop accepting at once; open connections get the drain timeout to finish.
   let open = 0;
   // UDP flows have no end to wait for: only TCP connections drain.
   for (const m of proxy.stats().mappings) if (m.proto === 'tcp') open += m.connections.active;
   view?.stop();
-  const drainMs = Math.round(options.drainTimeout * 1000);
+  const waiting =
+    open > 0 && drainMs > 0
+      ? `waiting up to ${options.drainTimeout} s for ${plural(open, 'open connection')}`
+      : 'no open connections';
+  notifier.stopping(`${signalled}: draining, ${waiting}`);
   if (live) {
     io.stderr.write(
       `portsplice: ${signalled}: stopped accepting; ` +
         (open > 0 && drainMs > 0
-          ? `waiting up to ${options.drainTimeout} s for ${open} open connection${open === 1 ? '' : 's'} ` +
-            `(${signalled === 'SIGINT' ? 'Ctrl-C' : signalled} again to quit now)\n`
+          ? `${waiting} (${signalled === 'SIGINT' ? 'Ctrl-C' : signalled} again to quit now)\n`
           : 'exiting\n'),
     );
+  } else {
+    log(`${signalled}: stopped accepting; ${waiting}`);
   }
   const watchdog = setTimeout(() => {
     io.stderr.write(
@@ -230,15 +336,25 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     process.exit(1);
   }, drainMs + SHUTDOWN_GRACE_MS);
   try {
-    await Promise.all([
+    const [drained] = await Promise.all([
       proxy.close({ drainTimeoutMs: drainMs }),
-      metricsServer ? stopMetricsServer(metricsServer) : Promise.resolve(),
+      metricsServer ? metrics!.stopMetricsServer(metricsServer) : Promise.resolve(),
     ]);
+    if (!live) {
+      log(
+        `stopped` +
+          (drained.reset > 0
+            ? `: ${plural(drained.reset, 'connection')} still open at the timeout were reset`
+            : ''),
+      );
+    }
   } catch (err) {
     io.stderr.write(`portsplice: error while stopping: ${errorText(err)}\n`);
     return 1;
   } finally {
     clearTimeout(watchdog);
+    process.off('SIGHUP', onHangup);
+    await notifier.flush();
   }
   return 0;
 }
