@@ -33,7 +33,7 @@ struct alignas(64) ThreadCounters {
   // UDP.
   Counter flows_active;
   Counter flows_created;
-  Counter flows_expired;  // The target stayed silent for the flow timeout.
+  Counter flows_expired;  // No datagram either way for the flow timeout.
   Counter flows_evicted;  // Closed to stay under the flow limit.
   Counter datagrams_to_target;
   Counter datagrams_to_client;
