@@ -167,6 +167,8 @@ if spec.get('pktinfo'):
     else:
         s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
 s.bind((spec['host'], spec.get('port', 0)))
+# "@PORT@" in the flags: -host-port as dockerd passes it, the port just bound.
+spec['args'] = [a.replace('@PORT@', str(s.getsockname()[1])) for a in spec['args']]
 if kind == socket.SOCK_STREAM and not spec.get('noListen') and libc.listen(s.fileno(), -1) != 0:  # python would turn -1 into 0
     raise OSError(ctypes.get_errno(), 'listen')
 if spec.get('filter') == 'detach':
@@ -225,7 +227,7 @@ sys.exit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a
  * Run the proxy at `binary` as dockerd 28+ runs it with -use-listen-fd, through the python
  * stand-in above. `socket`: { proto, host, port?, reuseaddr?, v6only?, pktinfo?, filter?:
  * 'detach' (Docker 29: attached, then detached before the proxy starts) | 'leave' (attached,
- * left for the proxy), noListen? (TCP bound only), nofileSoft? }. `args` are the proxy's flags (-use-listen-fd is added).
+ * left for the proxy), noListen? (TCP bound only), nofileSoft? }. `args` are the proxy's flags (-use-listen-fd is added; "@PORT@" becomes the bound port).
  * Resolves the run with `report` (the stand-in's JSON line: status, port, pid, nonblocking,
  * v6only, filterLength, fdFlags) and `port`. SIGINT/SIGTERM to `run.child` reach the proxy.
  */
