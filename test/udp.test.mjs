@@ -427,6 +427,37 @@ for (const engine of ENGINES) {
       }
     });
 
+    test('udpMaxFlows: a client that only sends counts as active for eviction', async () => {
+      const bag = [];
+      let m;
+      try {
+        const target = await startUdpServer({ reply: () => null, bag });
+        m = await addUdp(proxy, target.port, { udpMaxFlows: 3 });
+        const clients = await Promise.all(Array.from({ length: 4 }, () => openUdp({ bag })));
+        /** Send from client i and return the source port the target saw. */
+        const send = async (i) => {
+          const before = target.received.length;
+          await clients[i].send(tagged(`client ${i}`), m.listen.port, V4);
+          await waitFor(() => target.received.length === before + 1, {
+            timeout: 2000,
+            what: `client ${i}'s datagram`,
+          });
+          return target.received[before].rinfo.port;
+        };
+        const first = [await send(0), await send(1), await send(2)];
+        // Client 0 sends again: its flow is now the most recently active, client 1's the least.
+        assert.equal(await send(0), first[0], 'client 0 kept its flow');
+        await send(3);
+        assert.deepEqual(statsOf(proxy, m).flows, { active: 3, created: 4, expired: 0, evicted: 1 });
+        assert.equal(await send(0), first[0], 'client 0 still has its flow: client 1 was evicted');
+        assert.equal(await send(2), first[2], 'client 2 still has its flow');
+        assert.equal(statsOf(proxy, m).flows.created, 4);
+      } finally {
+        await safeRemove(proxy, m);
+        await closeAll(bag);
+      }
+    });
+
     test('udpMaxFlows: 3 with a burst from 5 clients at once', async () => {
       const bag = [];
       let m;
