@@ -262,8 +262,9 @@ for (const engine of ENGINES) {
         let n = 0;
         let lastSent = t0;
         while (Date.now() - t0 < 3.5 * TIMEOUT) {
-          await client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4);
+          // Taken before the send: the proxy sees the datagram after this.
           lastSent = Date.now();
+          await client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4);
           await sleep(100);
         }
         await waitFor(() => target.received.length === n, {
@@ -278,11 +279,11 @@ for (const engine of ENGINES) {
           Array.from({ length: n }, (_, i) => `tick ${i}`),
           'every datagram, in order',
         );
-        let st = statsOf(proxy, m);
-        assert.deepEqual(st.flows, { active: 1, created: 1, expired: 0, evicted: 0 }, show(st.flows));
+        // One flow carried them all (whether it has expired by now depends on the load).
+        assert.equal(statsOf(proxy, m).flows.created, 1, 'one flow');
         // Once the client stops, the idle flow expires: not before udpTimeoutMs after its
         // last datagram (the proxy's clock is read after that datagram arrived).
-        st = await waitStats(
+        const st = await waitStats(
           proxy,
           m,
           (s) => s.flows.expired === 1 && s.flows.active === 0,
@@ -681,7 +682,7 @@ for (const engine of ENGINES) {
     test('a flow to a closed port lives while the client sends, and expires once it stops', async () => {
       // ICMP port unreachable (ECONNREFUSED) ends nothing, and the client's datagrams keep the
       // flow, as docker-proxy's retried write does.
-      const TIMEOUT = 500;
+      const TIMEOUT = 1000;
       const bag = [];
       let m;
       try {
@@ -692,13 +693,19 @@ for (const engine of ENGINES) {
         let n = 0;
         let lastSent = t0;
         while (Date.now() - t0 < 3 * TIMEOUT) {
-          await client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4);
+          // Taken before the send: the proxy sees the datagram after this.
           lastSent = Date.now();
+          await client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4);
           await sleep(50);
         }
-        let st = statsOf(proxy, m);
-        assert.deepEqual(st.flows, { active: 1, created: 1, expired: 0, evicted: 0 }, show(st.flows));
-        st = await waitStats(proxy, m, (s) => s.flows.expired === 1, 'flows.expired === 1', TIMEOUT + 5000);
+        assert.equal(statsOf(proxy, m).flows.created, 1, 'one flow carried every datagram');
+        const st = await waitStats(
+          proxy,
+          m,
+          (s) => s.flows.expired === 1,
+          'flows.expired === 1',
+          TIMEOUT + 5000,
+        );
         const idle = Date.now() - lastSent;
         assert.ok(
           idle >= TIMEOUT - 20,
