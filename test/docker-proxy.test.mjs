@@ -1,5 +1,10 @@
 // portsplice-docker-proxy, the drop-in replacement for Docker's docker-proxy: its flags, the
-// readiness protocol on fd 3, the socket passed as fd 4, forwarding, and stopping on signals.
+// readiness protocol on fd 3, forwarding, stopping on signals, and the socket passed as fd 4
+// made exactly as dockerd 28 and 29 make it (blocking, SO_REUSEADDR, IPV6_V6ONLY, IP_PKTINFO,
+// listen(fd, -1), Docker 29's drop-all filter detached by dockerd or left on, dual-stack),
+// started by a python3 stand-in for dockerd that reads the status with one 2-byte read(),
+// gives fds 0-2 as /dev/null and a soft RLIMIT_NOFILE of 1024, and checks the shared socket
+// afterwards. moby's own test cases are in moby-docker-proxy.test.mjs.
 
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
