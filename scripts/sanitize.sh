@@ -7,14 +7,14 @@
 #   build-asan/: the addon, portsplice-docker-proxy and portsplice-stress. Runs
 #   - portsplice-stress (native/test/stress.cc: the engine driven from several threads,
 #     with a thread that keeps forking),
-#   - test/docker-proxy.test.mjs against build-asan/portsplice-docker-proxy
+#   - test/docker-proxy.test.mjs and test/moby-docker-proxy.test.mjs against build-asan/portsplice-docker-proxy
 #     (PORTSPLICE_DOCKER_PROXY),
 #   - the integration tests that drive the engine hardest, splice engine only, in a node
 #     that loads build-asan/Release/portsplice.node (PORTSPLICE_ADDON) with the ASan and
 #     UBSan runtimes preloaded (node itself is not instrumented, so they must come first).
 # tsan: ThreadSanitizer, with plain cmake into build-tsan/ (no addon: node is not
 #   instrumented, and a TSan library loaded into it reports nothing useful). Runs
-#   portsplice-stress and test/docker-proxy.test.mjs against the TSan binary.
+#   portsplice-stress and the docker-proxy tests against the TSan binary.
 #
 # Every sanitizer stops the process at its first report (halt_on_error) and writes it to a
 # file; the script fails if any report was written, also by a child process whose exit
@@ -101,11 +101,11 @@ for pass in "${passes[@]}"; do
       build-asan/portsplice-stress --seconds "$stress_seconds" --fork
     check_reports portsplice-stress
 
-    log "asan: test/docker-proxy.test.mjs against build-asan/portsplice-docker-proxy"
+    log "asan: test/docker-proxy.test.mjs, test/moby-docker-proxy.test.mjs against build-asan/portsplice-docker-proxy"
     ASAN_OPTIONS=$asan_options UBSAN_OPTIONS=$ubsan_options \
       PORTSPLICE_DOCKER_PROXY=build-asan/portsplice-docker-proxy \
-      node --test --test-concurrency=1 --test-reporter=dot test/docker-proxy.test.mjs
-    check_reports docker-proxy.test.mjs
+      node --test --test-concurrency=1 --test-reporter=dot test/docker-proxy.test.mjs test/moby-docker-proxy.test.mjs
+    check_reports "the docker-proxy tests"
 
     node_leaks=1
     [ "${PORTSPLICE_SANITIZE_NODE_LEAKS:-1}" = 0 ] && node_leaks=0
@@ -132,10 +132,10 @@ for pass in "${passes[@]}"; do
     TSAN_OPTIONS=$tsan_options build-tsan/portsplice-stress --seconds "$stress_seconds" --fork
     check_reports portsplice-stress
 
-    log "tsan: test/docker-proxy.test.mjs against build-tsan/portsplice-docker-proxy"
+    log "tsan: test/docker-proxy.test.mjs, test/moby-docker-proxy.test.mjs against build-tsan/portsplice-docker-proxy"
     TSAN_OPTIONS=$tsan_options PORTSPLICE_DOCKER_PROXY=build-tsan/portsplice-docker-proxy \
-      node --test --test-concurrency=1 --test-reporter=dot test/docker-proxy.test.mjs
-    check_reports docker-proxy.test.mjs
+      node --test --test-concurrency=1 --test-reporter=dot test/docker-proxy.test.mjs test/moby-docker-proxy.test.mjs
+    check_reports "the docker-proxy tests"
   fi
   log "$pass: passed in $((SECONDS - start)) s"
 done

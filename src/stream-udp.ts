@@ -32,7 +32,7 @@ export class StreamUdpMapping implements StreamMapping {
   readonly counters: RawCounters;
   #spec: ResolvedMapping;
   #socket: dgram.Socket;
-  /** Flows by "address|port", least recently active first (a reply moves a flow last). */
+  /** Flows by "address|port", least recently active first (a datagram either way moves a flow last). */
   #flows = new Map<string, Flow>();
   #timer: NodeJS.Timeout;
   #ref = true;
@@ -85,7 +85,9 @@ export class StreamUdpMapping implements StreamMapping {
 
   #forward(message: Buffer, rinfo: dgram.RemoteInfo): void {
     const key = `${rinfo.address}|${rinfo.port}`;
-    const flow = this.#flows.get(key) ?? this.#openFlow(key, rinfo);
+    let flow = this.#flows.get(key);
+    if (flow) this.#touch(key, flow);
+    else flow = this.#openFlow(key, rinfo);
     if (flow.pending) {
       if (flow.pending.length < MAX_PENDING) flow.pending.push(message);
       else this.counters.droppedQueueFull++;
@@ -128,9 +130,7 @@ export class StreamUdpMapping implements StreamMapping {
     // ECONNREFUSED (ICMP port unreachable) and the like do not end a flow.
     socket.on('error', () => {});
     socket.on('message', (reply) => {
-      flow.lastActive = Date.now();
-      this.#flows.delete(key);
-      this.#flows.set(key, flow);
+      this.#touch(key, flow);
       this.#socket.send(reply, flow.client.port, flow.client.address, (error) => {
         if (error) {
           this.counters[dropReason(error)]++;
@@ -146,6 +146,16 @@ export class StreamUdpMapping implements StreamMapping {
     this.counters.flowsCreated++;
     this.counters.flowsActive++;
     return flow;
+  }
+
+  /**
+   * A datagram either way keeps a flow alive (Docker 28.0.2+): re-inserting it keeps the map
+   * in order of last activity, so #expire and eviction only look at its head.
+   */
+  #touch(key: string, flow: Flow): void {
+    flow.lastActive = Date.now();
+    this.#flows.delete(key);
+    this.#flows.set(key, flow);
   }
 
   #closeFlow(key: string): void {

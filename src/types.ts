@@ -52,12 +52,13 @@ export interface MappingOptions {
   /** For an IPv6 listen address: refuse IPv4-mapped connections (default false, as in `net`). */
   ipv6Only?: boolean;
   /**
-   * UDP: a flow (one client address and port) expires when its target has not replied for
-   * this many milliseconds (default 90000, docker-proxy's value). A client that keeps
-   * sending without ever getting a reply does not keep its flow alive.
+   * UDP: a flow (one client address and port) expires after this many milliseconds with no
+   * datagram in either direction (default 90000, docker-proxy's value). A client that only
+   * sends keeps its flow, and the target keeps seeing one source port, as with Docker
+   * 28.0.2 and later.
    */
   udpTimeoutMs?: number;
-  /** UDP: flows kept at once per mapping; beyond it the least recently used one is evicted (default 4096). */
+  /** UDP: flows kept at once per mapping; beyond it the least recently active one is evicted (default 4096). */
   udpMaxFlows?: number;
 }
 
@@ -127,7 +128,7 @@ export interface FlowCounters {
   active: number;
   /** Flows created since the mapping was added. */
   created: number;
-  /** Flows closed because the target stayed silent for `udpTimeoutMs`. */
+  /** Flows closed after `udpTimeoutMs` with no datagram either way. */
   expired: number;
   /** Flows closed to make room under `udpMaxFlows`. */
   evicted: number;

@@ -1,9 +1,13 @@
 // portsplice-docker-proxy, the drop-in replacement for Docker's docker-proxy: its flags, the
-// readiness protocol on fd 3, the socket passed as fd 4, forwarding, and stopping on signals.
+// readiness protocol on fd 3, forwarding, stopping on signals, and the socket passed as fd 4
+// made exactly as dockerd 28 and 29 make it (blocking, SO_REUSEADDR, IPV6_V6ONLY, IP_PKTINFO,
+// listen(fd, -1), Docker 29's drop-all filter detached by dockerd or left on, dual-stack),
+// started by a python3 stand-in for dockerd that reads the status with one 2-byte read(),
+// gives fds 0-2 as /dev/null and a soft RLIMIT_NOFILE of 1024, and checks the shared socket
+// afterwards. moby's own test cases are in moby-docker-proxy.test.mjs.
 
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import dgram from 'node:dgram';
 
@@ -14,7 +18,6 @@ import {
   MiB,
   sha256,
   randomPayload,
-  withTimeout,
   startEchoServer,
   freePort,
   connect,
@@ -23,108 +26,27 @@ import {
   pingEcho,
   closeServers,
 } from './helpers.mjs';
+import {
+  HAVE_PYTHON,
+  killAll,
+  launch as launchAny,
+  exitOf,
+  stop,
+  proxyArgs,
+  startForwarder as startAny,
+  startUdpEcho,
+  udpRoundTrip,
+  launchLikeDockerd,
+} from './docker-proxy-helpers.mjs';
 
 const VERSION = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
-const HAVE_PYTHON = spawnSync('python3', ['-c', 'pass']).status === 0;
 
-/** Every process started here, killed in the final `after` if still running. */
-const children = new Set();
+after(killAll);
 
-after(() => {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  }
-});
-
-/**
- * Start `command args` with fd 3 a pipe, as dockerd does. Returns { child, exited, status(),
- * stdout, stderr }: `exited` resolves { code, signal }; `status()` resolves everything written
- * to fd 3 once the proxy closes it (it does so right after writing), bounded.
- */
-function launch(args, { command = dockerProxyPath, fd3 = true } = {}) {
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe', ...(fd3 ? ['pipe'] : [])] });
-  children.add(child);
-  const run = { child, stdout: '', stderr: '' };
-  child.stdout.setEncoding('utf8').on('data', (d) => (run.stdout += d));
-  child.stderr.setEncoding('utf8').on('data', (d) => (run.stderr += d));
-  run.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  const statusDone = fd3
-    ? new Promise((resolve) => {
-        let text = '';
-        const pipe = child.stdio[3];
-        pipe.setEncoding('utf8');
-        pipe.on('data', (d) => (text += d));
-        pipe.on('error', () => {});
-        pipe.on('close', () => resolve(text));
-      })
-    : Promise.resolve('');
-  run.status = () =>
-    withTimeout(statusDone, 5000, `status on fd 3 from ${args.join(' ')}`, () => child.kill('SIGKILL'));
-  return run;
-}
-
-/** Wait for a process to exit, bounded; resolves { code, signal }. */
-function exitOf(run, timeout = 5000) {
-  return withTimeout(run.exited, timeout, 'proxy exit', () => run.child.kill('SIGKILL'));
-}
-
-/** Kill a proxy and wait for it, ignoring errors (for finally blocks). */
-async function stop(run) {
-  if (!run) return;
-  if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL');
-  await exitOf(run).catch(() => {});
-}
-
-function proxyArgs({ proto = 'tcp', hostIp = V4, hostPort, containerIp = V4, containerPort }) {
-  return [
-    '-proto',
-    proto,
-    '-host-ip',
-    hostIp,
-    '-host-port',
-    String(hostPort),
-    '-container-ip',
-    containerIp,
-    '-container-port',
-    String(containerPort),
-  ];
-}
-
-/**
- * Start a forwarding proxy on a free port of `hostIp` and wait for "0\n". A port taken between
- * freePort() and the proxy's bind is retried. Resolves the run with `port` set.
- */
-async function startForwarder({ proto = 'tcp', hostIp = V4, ...rest }) {
-  for (let attempt = 0; ; attempt++) {
-    const hostPort = await freePort(hostIp);
-    const run = launch(proxyArgs({ proto, hostIp, hostPort, ...rest }));
-    const status = await run.status();
-    if (status === '0\n') return Object.assign(run, { port: hostPort });
-    await stop(run);
-    if (attempt < 3 && /EADDRINUSE/.test(status)) continue;
-    throw new Error(`proxy did not start: status ${JSON.stringify(status)}, stderr: ${run.stderr}`);
-  }
-}
-
-/** A UDP echo server on 127.0.0.1. */
-async function startUdpEcho() {
-  const socket = dgram.createSocket('udp4');
-  socket.on('message', (msg, rinfo) => socket.send(msg, rinfo.port, rinfo.address));
-  await new Promise((resolve) => socket.bind(0, V4, resolve));
-  return { port: socket.address().port, close: () => new Promise((resolve) => socket.close(resolve)) };
-}
-
-/** Send one datagram from `socket` and resolve the first reply { msg, rinfo }, bounded. */
-function udpRoundTrip(socket, port, payload) {
-  return withTimeout(
-    new Promise((resolve) => {
-      socket.once('message', (msg, rinfo) => resolve({ msg, rinfo }));
-      socket.send(payload, port, V4);
-    }),
-    3000,
-    `udp echo via ${V4}:${port}`,
-  );
-}
+/** launch() of the drop-in. */
+const launch = (args, opts) => launchAny(args, { command: dockerProxyPath, ...opts });
+/** startForwarder() of the drop-in. */
+const startForwarder = (opts) => startAny({ command: dockerProxyPath, ...opts });
 
 describe('portsplice-docker-proxy: flags', () => {
   test('the executable is built', () => {
@@ -183,6 +105,19 @@ describe('portsplice-docker-proxy: flags', () => {
       const status = await run.status();
       assert.match(status, expected, JSON.stringify(options));
       assert.ok(!status.endsWith('\n'), 'no trailing newline after the error text');
+      assert.deepEqual(await exitOf(run), { code: 1, signal: null });
+    }
+  });
+
+  test('a bad PORTSPLICE_UDP_TIMEOUT_MS fails through fd 3 naming the variable, exit 1', async () => {
+    for (const value of ['', 'abc', '0', '-5', '1.5', '2147483648']) {
+      const run = launch(proxyArgs({ proto: 'udp', hostPort: 1, containerPort: 1 }), {
+        env: { PORTSPLICE_UDP_TIMEOUT_MS: value },
+      });
+      assert.equal(
+        await run.status(),
+        `1\nPORTSPLICE_UDP_TIMEOUT_MS="${value}": it must be a whole number of milliseconds from 1 to 2147483647`,
+      );
       assert.deepEqual(await exitOf(run), { code: 1, signal: null });
     }
   });
@@ -331,80 +266,203 @@ describe('portsplice-docker-proxy: stopping', () => {
   }
 });
 
-/**
- * Run the proxy as dockerd 28+ does with -use-listen-fd: a python3 helper binds (and for TCP
- * listens on) a socket, puts it on fd 4, prints its port and execs the proxy, which inherits
- * the test's fd 3 pipe. Resolves the run with `port` set once the port is known.
- */
-async function launchWithListenFd(proto, containerPort) {
-  const script = `
-import os, socket, sys
-proto, binary, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-if proto == 'tcp':
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(('127.0.0.1', 0))
-    s.listen()
-else:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IP, getattr(socket, 'IP_PKTINFO', 8), 1)  # 8 on Linux
-    s.bind(('127.0.0.1', 0))
-os.dup2(s.fileno(), 4)
-os.set_inheritable(4, True)
-sys.stdout.write('PORT %d\\n' % s.getsockname()[1])
-sys.stdout.flush()
-os.execv(binary, [binary] + args)
-`;
-  // The host port is what dockerd would pass; the proxy serves fd 4's port whatever it says.
-  const args = [...proxyArgs({ proto, hostPort: 1, containerPort }), '-use-listen-fd'];
-  const run = launch(['-c', script, proto, dockerProxyPath, ...args], { command: 'python3' });
-  const status = await run.status();
-  const match = /^PORT (\d+)\n/.exec(run.stdout);
-  if (status !== '0\n' || !match) {
-    await stop(run);
-    throw new Error(`proxy with fd 4 did not start: status ${JSON.stringify(status)}, stderr: ${run.stderr}`);
-  }
-  return Object.assign(run, { port: Number(match[1]) });
+/** Flags of an fd in /proc/PID/fdinfo (octal there). */
+const O_NONBLOCK = 0o4000;
+const O_CLOEXEC = 0o2000000;
+
+/** The soft and hard "Max open files" of a process. */
+function fileLimits(pid) {
+  const line = readFileSync(`/proc/${pid}/limits`, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('Max open files'));
+  const [soft, hard] = line.split(/\s{2,}/).slice(1, 3);
+  return { soft, hard };
 }
 
-describe('portsplice-docker-proxy: -use-listen-fd', { skip: HAVE_PYTHON ? false : 'needs python3' }, () => {
-  let echo;
-  let udpEcho;
+/** The hard RLIMIT_NOFILE of this process, from /proc (node has no getrlimit). */
+const HARD_NOFILE = fileLimits(process.pid).hard;
 
-  after(async () => {
-    await closeServers(echo, udpEcho);
-  });
-
-  test('TCP: serves the listening socket passed as fd 4', async () => {
-    echo = await startEchoServer();
-    let run;
-    try {
-      run = await launchWithListenFd('tcp', echo.port);
-      const payload = randomPayload(256 * 1024);
-      const received = await exchange(run.port, V4, payload);
-      assert.equal(received.sha256, sha256(payload));
-      run.child.kill('SIGINT');
-      assert.deepEqual(await exitOf(run, 1000), { code: 0, signal: null });
-      await expectRefused(run.port, V4);
-    } finally {
-      await stop(run);
-    }
-  });
-
-  test('UDP: serves the bound socket passed as fd 4', async () => {
-    udpEcho = await startUdpEcho();
-    const client = dgram.createSocket('udp4');
-    let run;
-    try {
-      run = await launchWithListenFd('udp', udpEcho.port);
-      await new Promise((resolve) => client.bind(0, V4, resolve));
-      const payload = Buffer.from('ping over fd 4');
-      const { msg, rinfo } = await udpRoundTrip(client, run.port, payload);
-      assert.ok(msg.equals(payload));
-      assert.equal(rinfo.port, run.port);
-    } finally {
-      client.close();
-      await stop(run);
-    }
-  });
+/** The socket dockerd 28 makes (drivers/bridge/port_mapping_linux.go): SO_REUSEADDR on TCP and UDP. */
+const docker28 = (proto, host) => ({
+  proto,
+  host,
+  reuseaddr: true,
+  pktinfo: proto === 'udp',
+  v6only: host.includes(':') ? 1 : undefined,
 });
+/** The socket dockerd 29 makes (portallocator/osallocator_linux.go): SO_REUSEADDR on TCP only, the drop-all filter attached before bind and detached by dockerd before the proxy starts. */
+const docker29 = (proto, host) => ({
+  proto,
+  host,
+  reuseaddr: proto === 'tcp',
+  pktinfo: proto === 'udp',
+  v6only: host.includes(':') ? 1 : undefined,
+  filter: 'detach',
+});
+
+/** The drop-in's flags for a socket on fd 4; -host-port is only a label there. */
+function listenFdArgs(socket, containerIp, containerPort) {
+  const hostIp = socket.host;
+  return proxyArgs({ proto: socket.proto, hostIp, hostPort: 1, containerIp, containerPort });
+}
+
+/** Check what the proxy did to the socket it shares with its parent, and that it reported ready. */
+function assertAdopted(run, socket) {
+  const { report } = run;
+  assert.equal(report.status, '0\n', `dockerd's one 2-byte read() got "0\\n"; stderr ${run.stderr}`);
+  assert.equal(report.nonblocking, true, 'the proxy made the (shared) socket non-blocking');
+  assert.equal(report.filterLength, 0, 'no socket filter is left on the socket');
+  if (socket.v6only !== undefined) assert.equal(report.v6only, socket.v6only, 'IPV6_V6ONLY is unchanged');
+  assert.ok(report.fdFlags !== null, 'the proxy still holds fd 4');
+  assert.equal(
+    report.fdFlags & O_NONBLOCK,
+    O_NONBLOCK,
+    `fd 4 flags ${report.fdFlags.toString(8)}: O_NONBLOCK`,
+  );
+  assert.equal(report.fdFlags & O_CLOEXEC, O_CLOEXEC, `fd 4 flags ${report.fdFlags.toString(8)}: O_CLOEXEC`);
+}
+
+/** 256 KiB byte-exact both ways through a TCP proxy at host:port, twice (a blocking listener would hang the second accept). */
+async function assertTcpForwards(port, host) {
+  for (let i = 0; i < 2; i++) {
+    const payload = randomPayload(256 * 1024);
+    const received = await exchange(port, host, payload);
+    assert.equal(received.bytes, payload.length, `connection ${i} via ${host}`);
+    assert.equal(received.sha256, sha256(payload), `connection ${i} via ${host}`);
+  }
+}
+
+/** Datagrams of 1, 1400 and 9000 bytes echoed intact through a UDP proxy, from the proxy's address and port. */
+async function assertUdpForwards(port, host) {
+  const client = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+  try {
+    await new Promise((resolve) => client.bind(0, host, resolve));
+    for (const size of [1, 1400, 9000]) {
+      const payload = randomPayload(size);
+      const { msg, rinfo } = await udpRoundTrip(client, port, payload, host);
+      assert.ok(msg.equals(payload), `${size}-byte datagram echoed intact via ${host}`);
+      assert.equal(rinfo.port, port, 'the reply comes from the proxy port');
+      assert.equal(rinfo.address, host, 'the reply comes from the address the client sent to');
+    }
+  } finally {
+    client.close();
+  }
+}
+
+describe(
+  'portsplice-docker-proxy: -use-listen-fd, the socket as dockerd makes it',
+  {
+    skip: HAVE_PYTHON ? false : 'needs python3 to make the socket',
+  },
+  () => {
+    const echo = {};
+    const udpEcho = {};
+
+    after(async () => {
+      await closeServers(echo[V4], echo[V6], udpEcho[V4], udpEcho[V6]);
+    });
+
+    async function backend(proto, host) {
+      const pool = proto === 'tcp' ? echo : udpEcho;
+      pool[host] ??= proto === 'tcp' ? await startEchoServer({ host }) : await startUdpEcho(host);
+      return pool[host];
+    }
+
+    const cases = [
+      ['Docker 28, TCP over 127.0.0.1', docker28('tcp', V4)],
+      ['Docker 28, UDP over 127.0.0.1 (SO_REUSEADDR, IP_PKTINFO)', docker28('udp', V4)],
+      ['Docker 28, TCP over [::1] (IPV6_V6ONLY=1)', docker28('tcp', V6)],
+      ['Docker 28, UDP over [::1] (IPV6_RECVPKTINFO)', docker28('udp', V6)],
+      ['Docker 29, TCP over 127.0.0.1 (filter detached by dockerd)', docker29('tcp', V4)],
+      ['Docker 29, UDP over 127.0.0.1 (filter detached by dockerd)', docker29('udp', V4)],
+      ['Docker 29, TCP over [::1]', docker29('tcp', V6)],
+      ['Docker 29, UDP over [::1]', docker29('udp', V6)],
+      ['the drop-all filter left on: TCP', { ...docker29('tcp', V4), filter: 'leave' }],
+      ['the drop-all filter left on: UDP', { ...docker29('udp', V6), filter: 'leave' }],
+      ['bound but not listening: TCP is put to listen', { proto: 'tcp', host: V4, noListen: true }],
+    ];
+    for (const [name, socket] of cases) {
+      test(`${name}: adopted as is, bytes flow`, async () => {
+        const target = await backend(socket.proto, socket.host);
+        let run;
+        try {
+          run = await launchLikeDockerd(dockerProxyPath, {
+            socket,
+            args: listenFdArgs(socket, socket.host, target.port),
+          });
+          assertAdopted(run, socket);
+          if (socket.proto === 'tcp') await assertTcpForwards(run.port, socket.host);
+          else await assertUdpForwards(run.port, socket.host);
+          // dockerd's SIGINT: exit 0, and the port is free (the stand-in closed its copy).
+          run.child.kill('SIGINT');
+          assert.deepEqual(await exitOf(run, 2000), { code: 0, signal: null });
+          if (socket.proto === 'tcp') await expectRefused(run.port, socket.host);
+        } finally {
+          await stop(run);
+        }
+      });
+    }
+
+    for (const proto of ['tcp', 'udp']) {
+      test(`dual-stack [::] with IPV6_V6ONLY=0 (${proto}): works over 127.0.0.1 and [::1], V6ONLY stays 0`, async () => {
+        const target = await backend(proto, V4);
+        const socket = {
+          proto,
+          host: '::',
+          v6only: 0,
+          reuseaddr: proto === 'tcp',
+          pktinfo: proto === 'udp',
+          filter: 'detach',
+        };
+        let run;
+        try {
+          run = await launchLikeDockerd(dockerProxyPath, {
+            socket,
+            args: listenFdArgs(socket, V4, target.port),
+          });
+          assertAdopted(run, socket);
+          for (const host of [V4, V6]) {
+            if (proto === 'tcp') await assertTcpForwards(run.port, host);
+            else await assertUdpForwards(run.port, host);
+          }
+        } finally {
+          await stop(run);
+        }
+      });
+    }
+
+    test(
+      'the soft RLIMIT_NOFILE of 1024 (systemd) is raised to the hard limit',
+      { skip: Number(HARD_NOFILE) > 1024 ? false : `the hard limit here is ${HARD_NOFILE}` },
+      async () => {
+        const target = await backend('tcp', V4);
+        const socket = { ...docker29('tcp', V4), nofileSoft: 1024 };
+        let run;
+        try {
+          run = await launchLikeDockerd(dockerProxyPath, {
+            socket,
+            args: listenFdArgs(socket, V4, target.port),
+          });
+          assertAdopted(run, socket);
+          assert.deepEqual(fileLimits(run.report.pid), { soft: HARD_NOFILE, hard: HARD_NOFILE });
+        } finally {
+          await stop(run);
+        }
+      },
+    );
+
+    test('a UDP socket for -proto tcp: "1\\n" and the error through dockerd\'s read, exit 1, with fds 0-2 /dev/null', async () => {
+      const socket = { proto: 'udp', host: V4, pktinfo: true };
+      const run = await launchLikeDockerd(dockerProxyPath, {
+        socket,
+        args: proxyArgs({ proto: 'tcp', hostIp: V4, hostPort: 1, containerPort: 1 }),
+      });
+      try {
+        assert.match(run.report.status, /^1\nunexpected socket type for listener fd: /);
+        assert.deepEqual(await exitOf(run), { code: 1, signal: null });
+      } finally {
+        await stop(run);
+      }
+    });
+  },
+);

@@ -1,6 +1,6 @@
 // UDP forwarding: echo over IPv4, IPv6 and IPv6-to-IPv4 (and an empty datagram), 50 concurrent
-// clients kept apart, flow expiry (only the target's replies keep a flow alive, also when the
-// target's port is closed), the largest IPv4 and IPv6 datagrams, udpMaxFlows eviction (LRU, and
+// clients kept apart, flow expiry (a datagram either way keeps a flow alive, as in Docker
+// 28.0.2+: a one-sided client keeps one source port, also when the target's port is closed), the largest IPv4 and IPv6 datagrams, udpMaxFlows eviction (LRU, and
 // under a burst), the reply's source address on wildcard listeners (0.0.0.0 and dual-stack ::),
 // only target:port may answer a flow, a target that starts listening late, removing a mapping
 // or closing the proxy with live flows, and exact stats accounting.
@@ -247,33 +247,63 @@ for (const engine of ENGINES) {
       }
     });
 
-    test('a client that keeps sending without replies does not keep its flow alive', async () => {
-      const TIMEOUT = 300;
+    test('a client that only sends keeps one flow (one source port) for several udpTimeoutMs', async () => {
+      // Docker 28.0.2+ (moby TestUDPOneSided): a datagram either way keeps a flow alive.
+      // The gaps between sends (100 ms) stay far below the timeout (1 s) even on a loaded
+      // machine or under ASan; the client sends for 3.5 timeouts.
+      const TIMEOUT = 1000;
       const bag = [];
       let m;
-      let timer;
       try {
         const target = await startUdpServer({ reply: () => null, bag });
         m = await addUdp(proxy, target.port, { udpTimeoutMs: TIMEOUT });
         const client = await openUdp({ bag });
         const t0 = Date.now();
         let n = 0;
-        await client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4);
-        timer = setInterval(() => {
-          client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4).catch(() => {});
-        }, 50);
-        const st = await waitStats(proxy, m, (s) => s.flows.expired >= 1, 'flows.expired >= 1', 2000);
-        const elapsed = Date.now() - t0;
-        clearInterval(timer);
-        assert.ok(elapsed >= TIMEOUT - 10, `expired after ${elapsed} ms, before udpTimeoutMs (${TIMEOUT})`);
-        assert.ok(elapsed <= TIMEOUT + 500, `expired after ${elapsed} ms despite udpTimeoutMs ${TIMEOUT}`);
-        assert.ok(
-          target.received.length >= 4,
-          `the client kept sending (${target.received.length} datagrams)`,
+        let lastSent = t0;
+        while (Date.now() - t0 < 3.5 * TIMEOUT) {
+          // Taken before the send: the proxy sees the datagram after this.
+          lastSent = Date.now();
+          await client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4);
+          await sleep(100);
+        }
+        await waitFor(() => target.received.length === n, {
+          timeout: 3000,
+          what: `the target got all ${n} datagrams`,
+          describe: () => `${target.received.length} arrived`,
+        });
+        const ports = new Set(target.received.map((e) => e.rinfo.port));
+        assert.equal(ports.size, 1, `the target saw one source port, not ${[...ports].join(', ')}`);
+        assert.deepEqual(
+          texts(target.received),
+          Array.from({ length: n }, (_, i) => `tick ${i}`),
+          'every datagram, in order',
         );
-        assert.equal(st.flows.evicted, 0);
+        // One flow carried them all (whether it has expired by now depends on the load).
+        assert.equal(statsOf(proxy, m).flows.created, 1, 'one flow');
+        // Once the client stops, the idle flow expires: not before udpTimeoutMs after its
+        // last datagram (the proxy's clock is read after that datagram arrived).
+        const st = await waitStats(
+          proxy,
+          m,
+          (s) => s.flows.expired === 1 && s.flows.active === 0,
+          'expiry once the client stops',
+          TIMEOUT + 5000,
+        );
+        const idle = Date.now() - lastSent;
+        assert.ok(
+          idle >= TIMEOUT - 20,
+          `expired ${idle} ms after the last datagram, before udpTimeoutMs (${TIMEOUT})`,
+        );
+        assert.deepEqual(st.flows, { active: 0, created: 1, expired: 1, evicted: 0 });
+        // The next datagram opens a new flow, from a new source port.
+        await client.send(Buffer.from('after expiry'), m.listen.port, V4);
+        await waitFor(() => target.received.length === n + 1, {
+          timeout: 2000,
+          what: 'the datagram after expiry',
+        });
+        assert.equal(statsOf(proxy, m).flows.created, 2);
       } finally {
-        clearInterval(timer);
         await safeRemove(proxy, m);
         await closeAll(bag);
       }
@@ -392,6 +422,37 @@ for (const engine of ENGINES) {
         assert.deepEqual(st.flows, { active: 3, created: 6, expired: 0, evicted: 3 });
         for (const i of [3, 4, 0]) await ping(i);
         assert.equal(statsOf(proxy, m).flows.created, 6, 'clients 3, 4 and 0 kept their flows');
+      } finally {
+        await safeRemove(proxy, m);
+        await closeAll(bag);
+      }
+    });
+
+    test('udpMaxFlows: a client that only sends counts as active for eviction', async () => {
+      const bag = [];
+      let m;
+      try {
+        const target = await startUdpServer({ reply: () => null, bag });
+        m = await addUdp(proxy, target.port, { udpMaxFlows: 3 });
+        const clients = await Promise.all(Array.from({ length: 4 }, () => openUdp({ bag })));
+        /** Send from client i and return the source port the target saw. */
+        const send = async (i) => {
+          const before = target.received.length;
+          await clients[i].send(tagged(`client ${i}`), m.listen.port, V4);
+          await waitFor(() => target.received.length === before + 1, {
+            timeout: 2000,
+            what: `client ${i}'s datagram`,
+          });
+          return target.received[before].rinfo.port;
+        };
+        const first = [await send(0), await send(1), await send(2)];
+        // Client 0 sends again: its flow is now the most recently active, client 1's the least.
+        assert.equal(await send(0), first[0], 'client 0 kept its flow');
+        await send(3);
+        assert.deepEqual(statsOf(proxy, m).flows, { active: 3, created: 4, expired: 0, evicted: 1 });
+        assert.equal(await send(0), first[0], 'client 0 still has its flow: client 1 was evicted');
+        assert.equal(await send(2), first[2], 'client 2 still has its flow');
+        assert.equal(statsOf(proxy, m).flows.created, 4);
       } finally {
         await safeRemove(proxy, m);
         await closeAll(bag);
@@ -618,28 +679,41 @@ for (const engine of ENGINES) {
       }
     });
 
-    test('a flow to a closed port expires although the client keeps sending', async () => {
-      const TIMEOUT = 200;
+    test('a flow to a closed port lives while the client sends, and expires once it stops', async () => {
+      // ICMP port unreachable (ECONNREFUSED) ends nothing, and the client's datagrams keep the
+      // flow, as docker-proxy's retried write does.
+      const TIMEOUT = 1000;
       const bag = [];
       let m;
-      let timer;
       try {
         const targetPort = await reserveUdpPort(V4);
         m = await addUdp(proxy, targetPort, { udpTimeoutMs: TIMEOUT });
         const client = await openUdp({ bag });
         const t0 = Date.now();
         let n = 0;
-        await client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4);
-        timer = setInterval(() => {
-          client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4).catch(() => {});
-        }, 50);
-        await waitStats(proxy, m, (s) => s.flows.expired >= 1, 'flows.expired >= 1', 2000);
-        const elapsed = Date.now() - t0;
-        clearInterval(timer);
-        assert.ok(elapsed <= TIMEOUT + 500, `expired after ${elapsed} ms despite udpTimeoutMs ${TIMEOUT}`);
+        let lastSent = t0;
+        while (Date.now() - t0 < 3 * TIMEOUT) {
+          // Taken before the send: the proxy sees the datagram after this.
+          lastSent = Date.now();
+          await client.send(Buffer.from(`tick ${n++}`), m.listen.port, V4);
+          await sleep(50);
+        }
+        assert.equal(statsOf(proxy, m).flows.created, 1, 'one flow carried every datagram');
+        const st = await waitStats(
+          proxy,
+          m,
+          (s) => s.flows.expired === 1,
+          'flows.expired === 1',
+          TIMEOUT + 5000,
+        );
+        const idle = Date.now() - lastSent;
+        assert.ok(
+          idle >= TIMEOUT - 20,
+          `expired ${idle} ms after the last datagram, before udpTimeoutMs (${TIMEOUT})`,
+        );
+        assert.deepEqual(st.flows, { active: 0, created: 1, expired: 1, evicted: 0 });
         assert.deepEqual(texts(client.received), [], 'nothing came back from a closed port');
       } finally {
-        clearInterval(timer);
         await safeRemove(proxy, m);
         await closeAll(bag);
       }

@@ -9,10 +9,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
@@ -51,6 +53,11 @@ constexpr int kNoConnectTimeoutMs = INT_MAX;
 
 // Descriptors kept back from UDP flows, for the listener, the engine and the pipes.
 constexpr rlim_t kReservedFds = 32;
+
+// The UDP flow timeout, in milliseconds, instead of docker-proxy's fixed 90 s (users ask
+// for it, moby#47879). dockerd's environment reaches the proxy, so it is set where dockerd
+// runs (a systemd drop-in's Environment=).
+constexpr const char* kUdpTimeoutVariable = "PORTSPLICE_UDP_TIMEOUT_MS";
 
 // What the engine's completion callback tells the main thread, which waits on the
 // eventfd together with the signalfd.
@@ -146,6 +153,16 @@ std::string build_mapping(const ps_cli::Options& options, ps::MappingConfig* con
     flows = limit.rlim_cur > 2 * kReservedFds ? limit.rlim_cur - kReservedFds : kReservedFds;
   }
   config->udp_max_flows = static_cast<uint32_t>(flows < UINT32_MAX ? flows : UINT32_MAX);
+  if (const char* text = getenv(kUdpTimeoutVariable)) {
+    char* end = nullptr;
+    errno = 0;
+    long long value = strtoll(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || errno != 0 || value < 1 || value > INT_MAX) {
+      return std::string(kUdpTimeoutVariable) + "=\"" + text +
+             "\": it must be a whole number of milliseconds from 1 to " + std::to_string(INT_MAX);
+    }
+    config->udp_timeout_ms = static_cast<int>(value);
+  }
   return std::string();
 }
 
@@ -163,8 +180,35 @@ std::string sctp_error(int family) {
   return "sctp forwarding is not implemented by portsplice yet";
 }
 
-// Checks the socket dockerd passed as fd 4 and takes it over. Returns an empty string,
-// or the error for dockerd.
+// Docker 29 attaches a drop-all classic BPF filter ("ret #0") to the socket before binding
+// it, so that nothing queues up before its NAT rules exist, and dockerd takes it off
+// (SO_DETACH_FILTER) just before starting the proxy; docker-proxy itself never does. A
+// dockerd that left it on would leave a proxy that drops every SYN and datagram, so that
+// filter, and only that one, is taken off here too: any other filter was put there on
+// purpose. Returns an empty string, or the error for dockerd.
+std::string detach_drop_all_filter(int fd) {
+  // SO_GET_FILTER counts in instructions, not bytes: a length of 0 asks for the count,
+  // and 0 comes back when there is no filter (or -EACCES for an eBPF program, which has
+  // no classic form and is none of dockerd's).
+  socklen_t count = 0;
+  if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, nullptr, &count) < 0 || count != 1) return std::string();
+  sock_filter instruction{};
+  count = 1;
+  if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, &instruction, &count) < 0 || count != 1) return std::string();
+  if (instruction.code != (BPF_RET | BPF_K) || instruction.k != 0) return std::string();
+  int ignored = 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &ignored, sizeof ignored) < 0 && errno != ENOENT) {
+    // EPERM: locked with SO_LOCK_FILTER. Serving would drop everything: say so instead.
+    return "cannot detach the drop-all socket filter on listen fd 4: " + describe_errno(-errno);
+  }
+  return std::string();
+}
+
+// Checks the socket dockerd passed as fd 4 and takes it over: dockerd creates it blocking
+// (the engine makes it non-blocking, as docker-proxy does) and close-on-exec, with
+// IPV6_V6ONLY=1 for IPv6 (moby's tests also pass a dual-stack one: its V6ONLY is never
+// changed) and, for TCP, already listening. Returns an empty string, or the error for
+// dockerd.
 std::string adopt_listen_fd(const ps::MappingConfig& config, ps::UniqueFd* out) {
   if (fcntl(kListenFd, F_GETFD) < 0) return "-use-listen-fd was given, but fd 4 is not open";
   ps::UniqueFd fd(kListenFd);
@@ -188,6 +232,8 @@ std::string adopt_listen_fd(const ps::MappingConfig& config, ps::UniqueFd* out) 
       return "listen on fd 4: " + describe_errno(-errno);
     }
   }
+  std::string error = detach_drop_all_filter(fd.get());
+  if (!error.empty()) return error;
   *out = std::move(fd);
   return std::string();
 }

@@ -22,7 +22,7 @@ struct MappingConfig {
   // TCP.
   int backlog = 4096;
   int connect_timeout_ms = 30000;
-  // UDP: a flow expires when its target has not replied for this long.
+  // UDP: a flow expires after this long with no datagram in either direction.
   int udp_timeout_ms = 90000;
   // UDP: flows at once; beyond it the least recently active flow is evicted.
   uint32_t udp_max_flows = 4096;

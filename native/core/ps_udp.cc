@@ -191,6 +191,15 @@ void UdpForwarder::close_flow(Flow* flow, Counter* reason) {
   worker_->retire(flow);
 }
 
+void UdpForwarder::touch(Flow* flow) {
+  // The loop's clock, read once per wakeup. The list stays ordered by last activity, so
+  // expire() and eviction only ever look at its front. A flow that moves later needs no
+  // timer of its own: the one already set finds the front not yet due and sets the next.
+  flow->last_active_ms = worker_->now_ms();
+  flow->lru.unlink();
+  lru_.push_back(&flow->lru);
+}
+
 int64_t UdpForwarder::expire(int64_t now_ms) {
   int64_t timeout = mapping_->config().udp_timeout_ms;
   while (Flow* oldest = lru_.front()) {
@@ -233,6 +242,10 @@ void UdpForwarder::forward_requests() {
         i++;
       }
       send_batch(flow->fd.get(), batch->out_iov, count, nullptr, nullptr);
+      // A client's datagram keeps its flow alive too (Docker 28.0.2+, moby
+      // TestUDPOneSided): a client that only sends keeps one source port at the target.
+      // Once per run of the batch, in memory: no system call.
+      touch(flow);
     }
     if (n < UdpBatch::kMessages) return;
   }
@@ -261,10 +274,7 @@ void UdpForwarder::forward_replies(Flow* flow) {
       count++;
     }
     send_batch(listen_watcher_.fd, batch->out_iov, count, &flow->client, &flow->local);
-    // A reply keeps the flow alive; the oldest flows sit at the front of the list.
-    flow->last_active_ms = worker_->now_ms();
-    flow->lru.unlink();
-    lru_.push_back(&flow->lru);
+    touch(flow);
     if (n < UdpBatch::kMessages) return;
   }
 }

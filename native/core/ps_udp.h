@@ -64,8 +64,8 @@ class UdpForwarder final : public EventHandler {
 
   const std::shared_ptr<Mapping>& mapping() const { return mapping_; }
 
-  // Closes flows whose target has been silent for the timeout. Returns the time of the
-  // next expiry, or INT64_MAX when there are no flows.
+  // Closes flows that have carried no datagram, in either direction, for the timeout.
+  // Returns the time of the next expiry, or INT64_MAX when there are no flows.
   int64_t expire(int64_t now_ms);
 
   void on_event(Watcher* watcher, uint32_t events) override;
@@ -101,12 +101,14 @@ class UdpForwarder final : public EventHandler {
     LocalAddress local;
     int64_t last_active_ms = 0;
     bool closed = false;
-    ListLink<Flow> lru{this};  // Oldest first.
+    ListLink<Flow> lru{this};  // Least recently active first.
   };
 
   static FlowKey key_of(const sockaddr_storage& address);
   Flow* find_or_create(const sockaddr_storage& client, socklen_t length, const LocalAddress& local);
   void close_flow(Flow* flow, Counter* reason);
+  // Marks a flow active now, whichever way its datagrams went: last in the LRU list.
+  void touch(Flow* flow);
   void forward_requests();
   void forward_replies(Flow* flow);
   // How many of `datagrams` can go out as one UDP GSO message (1: no offload).

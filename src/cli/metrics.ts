@@ -100,7 +100,7 @@ const METRICS: MetricDef[] = [
   },
   {
     name: 'portsplice_udp_flows_expired_total',
-    help: 'UDP flows closed because the target stayed silent for the UDP timeout.',
+    help: 'UDP flows closed after the UDP timeout with no datagram in either direction.',
     type: 'counter',
     proto: 'udp',
     samples: (m) => [[{}, udp(m).flows.expired]],
