@@ -264,14 +264,21 @@ void TcpSession::on_connected() {
   // Level triggered: the loop reports what is already waiting on either socket.
   if (worker_->loop().watch(&client_watcher_, EPOLLIN) < 0 || worker_->loop().watch(&target_watcher_, EPOLLIN) < 0) {
     finish(true);
+    return;
   }
+  // The client most likely sent its first bytes while the target was being connected (it
+  // sends once its own handshake is done, before the accept): forward them now instead of
+  // after another epoll_wait. If nothing is there, one splice returns EAGAIN.
+  on_event(&client_watcher_, EPOLLIN);
 }
 
 void TcpSession::on_event(Watcher* watcher, uint32_t events) {
   if (state_ == State::kClosed) return;
   if (state_ == State::kConnecting) {
     if (watcher->tag != kTarget) return;
-    if (socket_error(target_.get()) != 0 || (events & EPOLLHUP)) {
+    // A failed connect() is reported with EPOLLERR (sk_err is set) and EPOLLHUP, a completed
+    // one with EPOLLOUT alone: SO_ERROR need not be read.
+    if (events & (EPOLLERR | EPOLLHUP)) {
       fail_connect();
     } else if (events & EPOLLOUT) {
       on_connected();
