@@ -112,3 +112,84 @@ test(
     await child.waitExit(10000);
   },
 );
+
+// The edges of choosing ports, in a range of 10: ports 40000-40004 have listeners of another
+// program (bind must skip them), and the proxy then holds 5 connections open to one target,
+// one per remaining port. A sixth finds every port taken: its client is reset at once, the
+// failure is counted, and the proxy keeps serving once a port is free again.
+const EDGES = `
+import net from 'node:net';
+import { createProxy } from ${JSON.stringify(DIST_URL)};
+const listen = (port) => new Promise((resolve, reject) => {
+  const s = net.createServer(() => {}).once('error', reject).listen(port, '127.0.0.1', () => resolve(s));
+});
+const others = [];
+for (let port = 40000; port <= 40004; port++) others.push(await listen(port));
+const sources = [];
+const server = net.createServer((s) => { sources.push(s.remotePort); s.on('data', (d) => s.write(d)); });
+await new Promise((r) => server.listen(5000, '127.0.0.1', r));
+const proxy = createProxy({ engine: 'splice' });
+const m = await proxy.add({ proto: 'tcp', listen: { host: '127.0.0.1', port: 6000 }, target: { host: '127.0.0.1', port: 5000 } });
+const open = () => new Promise((resolve) => {
+  const started = performance.now();
+  const socket = net.connect({ host: '127.0.0.1', port: 6000, localAddress: '127.0.0.2' }, () => socket.write('x'));
+  socket.once('data', () => resolve({ socket, ok: true }));
+  socket.on('error', (e) => resolve({ socket, ok: false, code: e.code, ms: performance.now() - started }));
+  socket.on('close', () => resolve({ socket, ok: false, code: 'closed', ms: performance.now() - started }));
+});
+const held = [];
+for (let i = 0; i < 5; i++) held.push(await open());
+const cpu0 = process.cpuUsage();
+const sixth = await open();
+const cpu = process.cpuUsage(cpu0);
+const failed = proxy.stats().mappings[0].connections.failed;
+held[0].socket.destroy();
+await new Promise((r) => setTimeout(r, 200));
+const after = await open();
+console.log('RESULT ' + JSON.stringify({
+  held: held.map((h) => h.ok), sources, sixth: { ok: sixth.ok, code: sixth.code, ms: Math.round(sixth.ms) },
+  cpuMs: Math.round((cpu.user + cpu.system) / 1000), failed, after: after.ok,
+}));
+for (const h of [...held, sixth, after]) h.socket.destroy();
+await proxy.close();
+for (const s of [server, ...others]) s.close();
+`;
+
+test(
+  'ports with listeners are skipped; with every port taken the client is reset at once',
+  { skip: skipReason() ?? false, timeout: 60000 },
+  async () => {
+    const setup = [
+      'ip link set lo up',
+      'sysctl -qw net.ipv4.ip_local_port_range="40000 40009"',
+      'exec "$@"',
+    ].join(' && ');
+    const child = spawnChild('unshare', [
+      '-n',
+      'sh',
+      '-c',
+      setup,
+      'sh',
+      process.execPath,
+      '--input-type=module',
+      '-e',
+      EDGES,
+    ]);
+    const result = JSON.parse((await child.waitLine(/^RESULT (.*)$/, 50000))[1]);
+    const what = JSON.stringify(result);
+    assert.deepEqual(result.held, [true, true, true, true, true], what);
+    // The five free ports, each once: never a port another program listens on.
+    assert.deepEqual(
+      result.sources.slice(0, 5).sort(),
+      [40005, 40006, 40007, 40008, 40009],
+      `source ports: ${what}`,
+    );
+    assert.equal(result.sixth.ok, false, what);
+    assert.equal(result.sixth.code, 'ECONNRESET', what);
+    assert.ok(result.sixth.ms < 1000, `the reset was prompt: ${what}`);
+    assert.ok(result.cpuMs < 500, `no spinning while ports were exhausted: ${what}`);
+    assert.equal(result.failed, 1, `the failure was counted: ${what}`);
+    assert.equal(result.after, true, `served again once a port was free: ${what}`);
+    await child.waitExit(10000);
+  },
+);
