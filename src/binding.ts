@@ -18,6 +18,8 @@ export interface NativeMappingSpec {
   ipv6Only: boolean;
   udpTimeoutMs: number;
   udpMaxFlows: number;
+  /** Times in whole seconds' worth of milliseconds, as validated by config.ts. */
+  keepAlive: { idleMs: number; intervalMs: number; count: number } | false;
 }
 
 /** One native proxy: an engine with its own epoll threads. */

@@ -4,7 +4,7 @@
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import type { EngineName, Proto } from './types.js';
+import type { EngineName, KeepAliveOptions, Proto } from './types.js';
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
 export const DEFAULT_BACKLOG = 4096;
@@ -13,6 +13,16 @@ export const DEFAULT_UDP_TIMEOUT_MS = 90_000;
 export const DEFAULT_UDP_MAX_FLOWS = 4096;
 /** The most UDP flows a mapping may keep (each holds a socket). */
 export const MAX_UDP_FLOWS = 2 ** 20;
+
+/** docker-proxy's keep-alive (Go 1.23+): idle 15 s, then 9 probes 15 s apart. */
+export const DEFAULT_KEEP_ALIVE: Readonly<Required<KeepAliveOptions>> = Object.freeze({
+  idleMs: 15_000,
+  intervalMs: 15_000,
+  count: 9,
+});
+/** The kernel's limits: TCP_KEEPIDLE and TCP_KEEPINTVL up to 32767 s, TCP_KEEPCNT up to 127. */
+export const MAX_KEEP_ALIVE_MS = 32_767_000;
+export const MAX_KEEP_ALIVE_COUNT = 127;
 
 const ENGINES: readonly EngineName[] = ['splice', 'stream'];
 const PROTOS: readonly Proto[] = ['tcp', 'udp'];
@@ -27,6 +37,8 @@ export interface ResolvedMapping {
   ipv6Only: boolean;
   udpTimeoutMs: number;
   udpMaxFlows: number;
+  /** TCP keep-alive on both sockets of each connection, or false (always false for UDP). */
+  keepAlive: Required<KeepAliveOptions> | false;
 }
 
 export interface ResolvedProxyOptions {
@@ -95,6 +107,49 @@ function checkChoice<T extends string>(value: unknown, field: string, choices: r
   return value as T;
 }
 
+/** keep-alive times are set in whole seconds, the kernel's unit: anything else would be rounded. */
+function checkSeconds(value: unknown, field: string): number {
+  const ms = checkInteger(value, field, 1000, MAX_KEEP_ALIVE_MS);
+  if (ms % 1000 !== 0) {
+    fail(
+      RangeError,
+      'ERR_OUT_OF_RANGE',
+      `${field} must be a whole number of seconds (a multiple of 1000), got ${describe(value)}`,
+    );
+  }
+  return ms;
+}
+
+/** Validates a mapping's `keepAlive` (also used by the command for its config files). */
+export function checkKeepAlive(value: unknown, proto: Proto): Required<KeepAliveOptions> | false {
+  if (proto === 'udp') {
+    if (value === undefined) return false;
+    fail(TypeError, 'ERR_INVALID_ARG_VALUE', "keepAlive applies to TCP mappings only, not to proto 'udp'");
+  }
+  if (value === undefined) return { ...DEFAULT_KEEP_ALIVE };
+  if (value === false) return false;
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    fail(
+      TypeError,
+      'ERR_INVALID_ARG_TYPE',
+      `keepAlive must be false or an object { idleMs, intervalMs, count }, got ${describe(value)}`,
+    );
+  }
+  const k = value as Record<string, unknown>;
+  checkKeys(k, 'keepAlive', ['idleMs', 'intervalMs', 'count']);
+  return {
+    idleMs: k.idleMs === undefined ? DEFAULT_KEEP_ALIVE.idleMs : checkSeconds(k.idleMs, 'keepAlive.idleMs'),
+    intervalMs:
+      k.intervalMs === undefined
+        ? DEFAULT_KEEP_ALIVE.intervalMs
+        : checkSeconds(k.intervalMs, 'keepAlive.intervalMs'),
+    count:
+      k.count === undefined
+        ? DEFAULT_KEEP_ALIVE.count
+        : checkInteger(k.count, 'keepAlive.count', 1, MAX_KEEP_ALIVE_COUNT),
+  };
+}
+
 const HOST_NAME =
   /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$/;
 
@@ -148,6 +203,7 @@ export function validateMapping(options: unknown): ResolvedMapping {
     'ipv6Only',
     'udpTimeoutMs',
     'udpMaxFlows',
+    'keepAlive',
   ]);
   const proto = checkChoice(o.proto, 'proto', PROTOS);
   if (o.listen === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'listen is required');
@@ -184,6 +240,7 @@ export function validateMapping(options: unknown): ResolvedMapping {
       o.udpMaxFlows === undefined
         ? DEFAULT_UDP_MAX_FLOWS
         : checkInteger(o.udpMaxFlows, 'udpMaxFlows', 1, MAX_UDP_FLOWS),
+    keepAlive: checkKeepAlive(o.keepAlive, proto),
   };
 }
 

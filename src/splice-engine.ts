@@ -62,6 +62,7 @@ export class SpliceBackend implements Backend {
         ipv6Only: spec.ipv6Only,
         udpTimeoutMs: spec.udpTimeoutMs,
         udpMaxFlows: spec.udpMaxFlows,
+        keepAlive: spec.keepAlive,
       });
     });
     return result;

@@ -20,13 +20,20 @@ function reset(socket: net.Socket): void {
 export class StreamTcpMapping implements StreamMapping {
   readonly counters: RawCounters;
   #spec: ResolvedMapping;
-  #server = net.createServer({ allowHalfOpen: true, noDelay: true });
+  #server: net.Server;
   #sockets = new Set<net.Socket>();
   #ref = true;
 
   constructor(spec: ResolvedMapping, counters: RawCounters) {
     this.#spec = spec;
     this.counters = counters;
+    // Node sets only the idle time; libuv fixes the interval (1 s) and the count (10).
+    this.#server = net.createServer({
+      allowHalfOpen: true,
+      noDelay: true,
+      keepAlive: spec.keepAlive !== false,
+      keepAliveInitialDelay: spec.keepAlive === false ? 0 : spec.keepAlive.idleMs,
+    });
     this.#server.on('connection', (client) => this.#forward(client));
   }
 
@@ -72,6 +79,8 @@ export class StreamTcpMapping implements StreamMapping {
       port: this.#spec.target.port,
       allowHalfOpen: true,
       noDelay: true,
+      keepAlive: this.#spec.keepAlive !== false,
+      keepAliveInitialDelay: this.#spec.keepAlive === false ? 0 : this.#spec.keepAlive.idleMs,
     });
     for (const socket of [client, target]) {
       this.#sockets.add(socket);

@@ -60,6 +60,30 @@ export interface MappingOptions {
   udpTimeoutMs?: number;
   /** UDP: flows kept at once per mapping; beyond it the least recently active one is evicted (default 4096). */
   udpMaxFlows?: number;
+  /**
+   * TCP: keep-alive on both sockets of every connection (the client's and the target's), so
+   * that a peer that vanished (laptop closed, NAT mapping dropped) does not hold the other
+   * side open forever. The default is docker-proxy's: `{ idleMs: 15000, intervalMs: 15000,
+   * count: 9 }`; missing fields take these values; `false` turns keep-alive off. Rejected on
+   * a UDP mapping. The stream engine can set only `idleMs` (Node's `socket.setKeepAlive()`):
+   * the interval and count there are libuv's (1 s and 10 probes).
+   */
+  keepAlive?: KeepAliveOptions | false;
+}
+
+/**
+ * TCP keep-alive: after `idleMs` without a segment from the peer the kernel sends a probe
+ * every `intervalMs`, and after `count` unanswered probes it gives the peer up; the proxy
+ * then resets the connection's other side. The kernel counts in whole seconds, so the
+ * times must be multiples of 1000.
+ */
+export interface KeepAliveOptions {
+  /** Idle time before the first probe, 1000 to 32767000 ms (default 15000). */
+  idleMs?: number;
+  /** Time between probes, 1000 to 32767000 ms (default 15000). Not settable in the stream engine. */
+  intervalMs?: number;
+  /** Unanswered probes before the peer is given up, 1 to 127 (default 9). Not settable in the stream engine. */
+  count?: number;
 }
 
 export interface CloseOptions {

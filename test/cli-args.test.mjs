@@ -324,6 +324,7 @@ describe('--config', () => {
           connectTimeoutMs: 500,
           backlog: 10,
           ipv6Only: false,
+          keepAlive: { idleMs: 60000, count: 3 },
         },
         '9000-9001:10.0.0.3:9000-9001',
       ],
@@ -347,7 +348,13 @@ describe('--config', () => {
       o.mappings.map((m) => m.options),
       [
         { ...udp('0.0.0.0', 53, '10.0.0.2', 53), udpTimeoutMs: 30000, udpMaxFlows: 100 },
-        { ...tcp('0.0.0.0', 8080, 'backend', 80), connectTimeoutMs: 500, backlog: 10, ipv6Only: false },
+        {
+          ...tcp('0.0.0.0', 8080, 'backend', 80),
+          connectTimeoutMs: 500,
+          backlog: 10,
+          ipv6Only: false,
+          keepAlive: { idleMs: 60000, count: 3 },
+        },
         tcp('0.0.0.0', 9000, '10.0.0.3', 9000),
         tcp('0.0.0.0', 9001, '10.0.0.3', 9001),
       ],
@@ -397,6 +404,14 @@ describe('--config', () => {
     usage(
       cfg([{ listen: { port: 1 }, target: { host: 'a', port: 1 }, ipv6Only: 'yes' }]),
       /ipv6Only must be a boolean/,
+    );
+    usage(
+      cfg([{ listen: { port: 1 }, target: { host: 'a', port: 1 }, keepAlive: { idleMs: 1500 } }]),
+      /c.json\[0\].keepAlive.idleMs must be a whole number of seconds/,
+    );
+    usage(
+      cfg([{ proto: 'udp', listen: { port: 1 }, target: { host: 'a', port: 1 }, keepAlive: false }]),
+      /c.json\[0\].keepAlive applies to TCP mappings only/,
     );
     usage(
       cfg([{ listen: { port: 1 }, target: { host: 'a', port: 1 }, udpTimeoutMs: 0 }]),

@@ -179,6 +179,20 @@ Napi::Value NativeProxy::Add(const Napi::CallbackInfo& info) {
   config.udp_timeout_ms = static_cast<int>(udp_timeout);
   config.udp_max_flows = static_cast<uint32_t>(udp_max_flows);
   config.ipv6_only = spec.Get("ipv6Only").ToBoolean().Value();
+  // keepAlive: false, or { idleMs, intervalMs, count } in whole seconds (the kernel's unit).
+  Napi::Value keep_alive = spec.Get("keepAlive");
+  config.keep_alive.enabled = keep_alive.IsObject();
+  if (config.keep_alive.enabled) {
+    Napi::Object k = keep_alive.As<Napi::Object>();
+    int64_t idle_ms, interval_ms, count;
+    if (!ReadInt(k, "idleMs", 1000, 32767000, &idle_ms) || !ReadInt(k, "intervalMs", 1000, 32767000, &interval_ms) ||
+        !ReadInt(k, "count", 1, 127, &count)) {
+      return env.Undefined();
+    }
+    config.keep_alive.idle_s = static_cast<int>(idle_ms / 1000);
+    config.keep_alive.interval_s = static_cast<int>(interval_ms / 1000);
+    config.keep_alive.count = static_cast<int>(count);
+  }
   if (ps::parse_address(listen_host.c_str(), static_cast<uint16_t>(listen_port), &config.listen) < 0) {
     SystemError(env, {-EINVAL, "bind"}, listen_host, static_cast<int>(listen_port)).ThrowAsJavaScriptException();
     return env.Undefined();

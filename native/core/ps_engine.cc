@@ -55,13 +55,28 @@ Error Engine::add(const MappingConfig& config, uint64_t request, uint32_t* id, u
     int v6only = config.ipv6_only ? 1 : 0;
     if (setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) return {-errno, "setsockopt"};
   }
+  // Before listen(), so that every connection accepted inherits them.
+  if (config.proto == Proto::kTcp) {
+    int rc = set_tcp_options(fd.get(), config);
+    if (rc < 0) return {rc, "setsockopt"};
+  }
   if (bind(fd.get(), config.listen.get(), config.listen.length) < 0) return {-errno, "bind"};
   if (config.proto == Proto::kTcp && listen(fd.get(), config.backlog) < 0) return {-errno, "listen"};
-  return add_socket(std::move(fd), config, request, id, port);
+  return serve_socket(std::move(fd), config, request, id, port);
 }
 
 Error Engine::add_socket(UniqueFd fd, const MappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port) {
   if (!running()) return {-EBADF, "add"};
+  // A socket passed in already listens: connections that completed in its queue before
+  // this call keep the options they had; every later one inherits these.
+  if (config.proto == Proto::kTcp) {
+    int rc = set_tcp_options(fd.get(), config);
+    if (rc < 0) return {rc, "setsockopt"};
+  }
+  return serve_socket(std::move(fd), config, request, id, port);
+}
+
+Error Engine::serve_socket(UniqueFd fd, const MappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port) {
   int flags = fcntl(fd.get(), F_GETFL);
   if (flags < 0 || fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) < 0) return {-errno, "fcntl"};
   if (fcntl(fd.get(), F_SETFD, FD_CLOEXEC) < 0) return {-errno, "fcntl"};

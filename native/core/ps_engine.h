@@ -61,6 +61,8 @@ class Engine {
   bool running() const { return !workers_.empty() && !stopping_; }
 
  private:
+  // The part of add() and add_socket() after the socket is listening (or bound, for UDP).
+  Error serve_socket(UniqueFd fd, const MappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port);
   void broadcast(Command::Kind kind, const std::shared_ptr<Mapping>& mapping, uint32_t id, uint64_t request);
 
   EngineOptions options_;

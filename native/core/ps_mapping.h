@@ -14,6 +14,15 @@ namespace ps {
 
 enum class Proto { kTcp, kUdp };
 
+// TCP keep-alive on both sockets of a connection. The defaults are docker-proxy's (Go
+// 1.23+): a peer that vanished is given up after 15 + 9 * 15 = 150 s of silence.
+struct KeepAlive {
+  bool enabled = true;
+  int idle_s = 15;      // TCP_KEEPIDLE, 1 to 32767 (the kernel's MAX_TCP_KEEPIDLE).
+  int interval_s = 15;  // TCP_KEEPINTVL, 1 to 32767.
+  int count = 9;        // TCP_KEEPCNT, 1 to 127.
+};
+
 struct MappingConfig {
   Proto proto = Proto::kTcp;
   SocketAddress listen;
@@ -22,6 +31,7 @@ struct MappingConfig {
   // TCP.
   int backlog = 4096;
   int connect_timeout_ms = 30000;
+  KeepAlive keep_alive;
   // UDP: a flow expires after this long with no datagram in either direction.
   int udp_timeout_ms = 90000;
   // UDP: flows at once; beyond it the least recently active flow is evicted.

@@ -4,7 +4,13 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <utility>
+#include <vector>
 
 #include "ps_worker.h"
 
@@ -15,11 +21,6 @@ namespace {
 // Passes over one direction per event before giving other connections a turn; level
 // triggered epoll reports the socket again if it still has data.
 constexpr int kMaxRounds = 4;
-
-void set_nodelay(int fd) {
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
 
 // Makes the next close() send RST instead of FIN.
 void set_linger_zero(int fd) {
@@ -36,7 +37,184 @@ int socket_error(int fd) {
   return -error;
 }
 
+// Choosing the source port toward the target. When the client closes first, the socket to
+// the target is the active closer and its ports sit in TIME_WAIT for 60 s. Left to the
+// kernel, connect() searches the ephemeral range in __inet_hash_connect() and reuses a
+// TIME_WAIT port only where net.ipv4.tcp_tw_reuse allows it (the default, 2, allows it on
+// loopback only): past ~28,000 connections per minute to one target:port every connect()
+// scans thousands of ports (moby#47537: 100% CPU, then EADDRNOTAVAIL). With SO_REUSEADDR
+// and an explicit bind() the port is ours, and connect() only checks that the 4-tuple is
+// unique (__inet_check_established() with no twp), where tcp_twsk_unique() takes over a
+// TIME_WAIT entry that has TCP timestamps whatever tcp_tw_reuse says: the kernel's own
+// rule for reusing it safely (PAWS), without a port search.
+//
+// What this must not break, and how it does not: a port with a listener, or bound by a
+// socket without SO_REUSEADDR, fails bind() (inet_csk_bind_conflict): the next port. A
+// port this or another process already uses toward the same target:port (an established
+// or a timestamp-less TIME_WAIT 4-tuple) fails connect() with EADDRNOTAVAIL: a new socket
+// and the next port. After a bounded number of tries the kernel chooses, and if it finds
+// nothing the connection fails like any other (the client is reset, `failed` counts it).
+constexpr int kMaxBindTries = 16;
+constexpr int kMaxConnectTries = 4;
+
+// The ports connect() itself would use: net.ipv4.ip_local_port_range minus
+// net.ipv4.ip_local_reserved_ports (both also govern IPv6), read once per process.
+class SourcePorts {
+ public:
+  static const SourcePorts& get() {
+    static const SourcePorts ports;  // Initialised once, thread-safely.
+    return ports;
+  }
+
+  // The usable port after *cursor, which moves on to it; never `avoid` (the target's own
+  // port: on loopback, a socket bound to it would connect to itself).
+  uint16_t next(uint32_t* cursor, uint16_t avoid) const {
+    uint32_t span = high_ - low_ + 1;
+    for (uint32_t i = 0; i < span; i++) {
+      *cursor = (*cursor + 1) % span;
+      uint32_t port = low_ + *cursor;
+      if (port != avoid && !reserved(port)) return static_cast<uint16_t>(port);
+    }
+    return 0;  // Every port is reserved: let the kernel choose.
+  }
+
+ private:
+  SourcePorts() {
+    char text[64];
+    unsigned low = 0, high = 0;
+    if (read_text("/proc/sys/net/ipv4/ip_local_port_range", text, sizeof text) &&
+        sscanf(text, "%u %u", &low, &high) == 2 && low >= 1 && low <= high && high <= 65535) {
+      low_ = low;
+      high_ = high;
+    }
+    // "1000,8080-8090": one range or port per comma.
+    char list[4096];
+    if (!read_text("/proc/sys/net/ipv4/ip_local_reserved_ports", list, sizeof list)) return;
+    for (char* at = list; *at != '\0';) {
+      unsigned first = 0, last = 0;
+      int used = 0;
+      if (sscanf(at, "%u-%u%n", &first, &last, &used) == 2 || sscanf(at, "%u%n", &first, &used) == 1) {
+        if (last < first) last = first;
+        reserved_.emplace_back(first, last);
+      }
+      at += used;
+      while (*at != '\0' && *at != ',') at++;
+      if (*at == ',') at++;
+    }
+  }
+
+  static bool read_text(const char* path, char* out, size_t size) {
+    int fd;
+    do {
+      fd = open(path, O_RDONLY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) return false;
+    UniqueFd owned(fd);
+    ssize_t n;
+    do {
+      n = read(fd, out, size - 1);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) return false;
+    out[n] = '\0';
+    return true;
+  }
+
+  bool reserved(uint32_t port) const {
+    for (const auto& range : reserved_) {
+      if (port >= range.first && port <= range.second) return true;
+    }
+    return false;
+  }
+
+  uint32_t low_ = 32768;  // The kernel's defaults, if /proc cannot be read.
+  uint32_t high_ = 60999;
+  std::vector<std::pair<uint32_t, uint32_t>> reserved_;
+};
+
+// Each engine thread walks the range from its own random start, so threads (and processes)
+// rarely try the same port; no lock is taken.
+thread_local uint32_t t_port_cursor = 0;
+thread_local bool t_port_cursor_set = false;
+
+uint32_t* port_cursor() {
+  if (!t_port_cursor_set) {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t seed = static_cast<uint64_t>(now.tv_nsec) ^ (static_cast<uint64_t>(gettid()) << 20);
+    t_port_cursor = static_cast<uint32_t>((seed * 0x9E3779B97F4A7C15ull) >> 40);
+    t_port_cursor_set = true;
+  }
+  return &t_port_cursor;
+}
+
+// Binds `fd` (which has SO_REUSEADDR) to the wildcard address of its family and a port
+// from the cursor. Returns 0, or -EADDRINUSE once `*tries` reaches kMaxBindTries.
+int bind_source_port(int fd, const SocketAddress& target, int* tries) {
+  const SourcePorts& ports = SourcePorts::get();
+  SocketAddress source;
+  source.storage.ss_family = static_cast<sa_family_t>(target.family());
+  source.length = target.length;
+  while (*tries < kMaxBindTries) {
+    ++*tries;
+    uint16_t port = ports.next(port_cursor(), target.port());
+    if (port == 0) break;
+    if (source.family() == AF_INET) {
+      reinterpret_cast<sockaddr_in*>(&source.storage)->sin_port = htons(port);
+    } else {
+      reinterpret_cast<sockaddr_in6*>(&source.storage)->sin6_port = htons(port);
+    }
+    if (bind(fd, source.get(), source.length) == 0) return 0;
+    if (errno != EADDRINUSE) return -errno;  // The caller lets the kernel choose.
+  }
+  return -EADDRINUSE;
+}
+
+// Opens a socket to the target and starts connecting, from a source port chosen as above.
+// Returns 0 when connected at once, 1 when the connect is in progress, or a negative errno.
+int connect_target(const MappingConfig& config, UniqueFd* out) {
+  const SocketAddress& target = config.target;
+  int binds = 0;
+  for (int attempt = 0; attempt < kMaxConnectTries; attempt++) {
+    UniqueFd fd(socket(target.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd.valid()) return -errno;
+    int rc = set_tcp_options(fd.get(), config);
+    if (rc < 0) return rc;
+    // The last try, and any try after bind() gave up, leave the port to the kernel.
+    bool chosen = attempt + 1 < kMaxConnectTries;
+    if (chosen) {
+      int one = 1;
+      chosen = setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+               bind_source_port(fd.get(), target, &binds) == 0;
+    }
+    do {
+      rc = connect(fd.get(), target.get(), target.length);
+    } while (rc < 0 && errno == EINTR);
+    if (rc == 0 || errno == EINPROGRESS) {
+      *out = std::move(fd);
+      return rc == 0 ? 0 : 1;
+    }
+    // That 4-tuple is taken (an open connection, or a TIME_WAIT without timestamps).
+    if (errno == EADDRNOTAVAIL && chosen) continue;
+    return -errno;
+  }
+  return -EADDRNOTAVAIL;
+}
+
 }  // namespace
+
+int set_tcp_options(int fd, const MappingConfig& config) {
+  int one = 1;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) return -errno;
+  const KeepAlive& k = config.keep_alive;
+  if (!k.enabled) return 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) < 0 ||
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &k.idle_s, sizeof k.idle_s) < 0 ||
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &k.interval_s, sizeof k.interval_s) < 0 ||
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &k.count, sizeof k.count) < 0) {
+    return -errno;
+  }
+  return 0;
+}
 
 TcpSession::TcpSession(Worker* worker, Mapping* mapping, UniqueFd client)
     : worker_(worker), mapping_(mapping), counters_(&mapping->counters(worker->index())), client_(std::move(client)) {
@@ -50,29 +228,16 @@ TcpSession::TcpSession(Worker* worker, Mapping* mapping, UniqueFd client)
 }
 
 int TcpSession::start() {
-  set_nodelay(client_.get());
-  const SocketAddress& target = mapping_->config().target;
-  int fd = socket(target.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    int error = -errno;
+  // The client socket has TCP_NODELAY and keep-alive from the listener (set_tcp_options).
+  int rc = connect_target(mapping_->config(), &target_);
+  if (rc < 0) {
     fail_connect();
-    return error;
+    return rc;
   }
-  target_.reset(fd);
-  target_watcher_.fd = fd;
-  set_nodelay(fd);
-  int rc;
-  do {
-    rc = connect(fd, target.get(), target.length);
-  } while (rc < 0 && errno == EINTR);
+  target_watcher_.fd = target_.get();
   if (rc == 0) {
     on_connected();
     return 0;
-  }
-  if (errno != EINPROGRESS) {
-    int error = -errno;
-    fail_connect();
-    return error;
   }
   if (worker_->loop().watch(&target_watcher_, EPOLLOUT) < 0) {
     int error = -errno;
@@ -99,14 +264,21 @@ void TcpSession::on_connected() {
   // Level triggered: the loop reports what is already waiting on either socket.
   if (worker_->loop().watch(&client_watcher_, EPOLLIN) < 0 || worker_->loop().watch(&target_watcher_, EPOLLIN) < 0) {
     finish(true);
+    return;
   }
+  // The client most likely sent its first bytes while the target was being connected (it
+  // sends once its own handshake is done, before the accept): forward them now instead of
+  // after another epoll_wait. If nothing is there, one splice returns EAGAIN.
+  on_event(&client_watcher_, EPOLLIN);
 }
 
 void TcpSession::on_event(Watcher* watcher, uint32_t events) {
   if (state_ == State::kClosed) return;
   if (state_ == State::kConnecting) {
     if (watcher->tag != kTarget) return;
-    if (socket_error(target_.get()) != 0 || (events & EPOLLHUP)) {
+    // A failed connect() is reported with EPOLLERR (sk_err is set) and EPOLLHUP, a completed
+    // one with EPOLLOUT alone: SO_ERROR need not be read.
+    if (events & (EPOLLERR | EPOLLHUP)) {
       fail_connect();
     } else if (events & EPOLLOUT) {
       on_connected();

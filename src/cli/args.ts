@@ -5,7 +5,7 @@
  * Nothing is started until parsing has fully succeeded.
  */
 import { isIP } from 'node:net';
-import { MAX_UDP_FLOWS } from '../config.js';
+import { checkKeepAlive, MAX_UDP_FLOWS } from '../config.js';
 import type { EngineName, MappingOptions, Proto } from '../types.js';
 
 /** A bad command line or config file: the message says what is wrong (the CLI exits 2). */
@@ -316,6 +316,7 @@ const MAPPING_KEYS = [
   'ipv6Only',
   'udpTimeoutMs',
   'udpMaxFlows',
+  'keepAlive',
 ] as const;
 const INT_MAX = 2 ** 31 - 1;
 
@@ -362,6 +363,14 @@ function parseConfigMapping(value: unknown, where: string): MappingOptions {
   }
   if (value.udpMaxFlows !== undefined) {
     mapping.udpMaxFlows = checkInteger(value.udpMaxFlows, `${where}.udpMaxFlows`, 1, MAX_UDP_FLOWS);
+  }
+  if (value.keepAlive !== undefined) {
+    try {
+      checkKeepAlive(value.keepAlive, proto);
+    } catch (error) {
+      throw new UsageError(`${where}.${(error as Error).message}`);
+    }
+    mapping.keepAlive = value.keepAlive as MappingOptions['keepAlive'];
   }
   return mapping;
 }
