@@ -1,24 +1,11 @@
 {
-  "variables": {
-    "core_sources": [
-      "native/core/ps_addr.cc",
-      "native/core/ps_engine.cc",
-      "native/core/ps_error.cc",
-      "native/core/ps_loop.cc",
-      "native/core/ps_mapping.cc",
-      "native/core/ps_store.cc",
-      "native/core/ps_tcp_session.cc",
-      "native/core/ps_udp.cc",
-      "native/core/ps_worker.cc"
-    ]
-  },
+  "includes": ["native/sources.gypi"],
   "targets": [
     {
       "target_name": "portsplice",
       "sources": [
         "<@(core_sources)",
-        "native/addon/addon.cc",
-        "native/addon/native_proxy.cc"
+        "<@(addon_sources)"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": [
@@ -39,9 +26,8 @@
       "type": "executable",
       "sources": [
         "<@(core_sources)",
-        "native/cli/flags.cc",
-        "native/cli/main.cc",
-        "native/cli/status_pipe.cc"
+        "<@(cli_sources)",
+        "native/cli/main.cc"
       ],
       "defines": [
         "PORTSPLICE_VERSION=\"<!(node -p \"require('./package.json').version\")\""
