@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -81,6 +82,11 @@ int Worker::spawn() {
   pthread_sigmask(SIG_SETMASK, &previous, nullptr);
   if (rc != 0) return -rc;
   started_ = true;
+  // Named for top -H and /proc/PID/task/*/comm: "portsplice-0", "portsplice-1", ... Set
+  // here rather than by the thread, so that the name is there when spawn() returns.
+  char name[16];
+  snprintf(name, sizeof name, "portsplice-%d", index_);
+  pthread_setname_np(thread_, name);
   return 0;
 }
 
