@@ -29,9 +29,9 @@ constexpr size_t kMaxIdleBuffers = 16;
 // with no timer and costs nothing. Wall time rather than the thread's CPU time
 // (CLOCK_THREAD_CPUTIME_ID), because on a machine short of CPU a saturated worker waits
 // for a CPU as much as it runs, and its CPU time alone would never look busy. Two busy
-// periods in a row (200 ms) hand work over.
+// periods in a row (200 ms) outside epoll_wait three quarters of the time or more
+// (EngineOptions::busy_permille) hand work over.
 constexpr int64_t kSamplePeriodMs = 100;
-constexpr int kBusyPermille = 750;  // Busy: outside epoll_wait three quarters of the time.
 constexpr int kBusyPeriods = 2;
 // A worker below this takes work from a busy one before the engine adds a worker.
 constexpr int kSparePermille = 500;
@@ -50,6 +50,7 @@ Worker::Worker(int index, const EngineOptions& options, const CompletionFn* on_c
     : index_(index),
       on_complete_(on_complete),
       engine_(engine),
+      busy_permille_(options.busy_permille),
       pipes_(options.pipe_size, options.max_pipes, options.max_idle_pipes),
       buffers_(kMaxIdleBuffers) {}
 
@@ -234,14 +235,16 @@ void Worker::sample_load() {
   next_sample_ms_ = now_ms_ + kSamplePeriodMs;
   load_permille_.store(permille, std::memory_order_relaxed);
   load_at_ms_.store(now_ms_, std::memory_order_relaxed);
-  busy_periods_ = permille >= kBusyPermille ? busy_periods_ + 1 : 0;
+  busy_periods_ = permille >= busy_permille_ ? busy_periods_ + 1 : 0;
   if (busy_periods_ >= kBusyPeriods && now_ms_ >= quiet_until_ms_ && engine_ != nullptr) {
     busy_periods_ = 0;
-    quiet_until_ms_ = now_ms_ + kQuietAfterHandOverMs;
+    quiet_until_ms_ = now_ms_ + (busy_permille_ == 0 ? 0 : kQuietAfterHandOverMs);
     int spare = 0;
     Worker* to = engine_->spare_worker(this, kSparePermille, now_ms_, &spare);
-    // Share the difference: half of this worker's work goes to a new (idle) one.
-    if (to != nullptr) hand_over(to, static_cast<double>(permille - spare) / (2.0 * permille));
+    // Share the difference: half of this worker's work goes to a new (idle) one. With
+    // busy_permille 0 (the stress test), every active session, to move as many as can be.
+    double fraction = busy_permille_ == 0 ? 1.0 : permille > spare ? (permille - spare) / (2.0 * permille) : 0.5;
+    if (to != nullptr) hand_over(to, fraction);
   }
   for (TcpSession* s = sessions_.front(); s != nullptr; s = sessions_.next(&s->all_link)) s->activity = 0;
 }

@@ -32,6 +32,9 @@ struct EngineOptions {
   size_t pipe_size = 0;        // F_SETPIPE_SZ for new pipes; 0 keeps the kernel default.
   size_t max_pipes = 0;        // Pipes in use per thread before copying; 0: no limit.
   size_t max_idle_pipes = 64;  // Empty pipes kept per thread for reuse.
+  // A worker outside epoll_wait this share of the time (in thousandths) for two periods
+  // in a row hands work over. The stress test lowers it to hand sessions over all the time.
+  int busy_permille = 750;
 };
 
 // Counts workers down to the last one, which reports the command as complete.
@@ -140,6 +143,7 @@ class Worker final : public EventHandler {
   int index_;
   const CompletionFn* on_complete_;
   Engine* engine_;
+  int busy_permille_;
   Loop loop_;
   UniqueFd wake_fd_;
   Watcher wake_watcher_;
