@@ -19,9 +19,9 @@ export interface ProxyOptions {
   /**
    * Native event-loop threads for the splice engine: 1 to 64, exactly that many, or
    * `'auto'` (the default): one thread while idle, and more while the threads are busy
-   * (three quarters of a CPU or more for 200 ms), up to the CPUs the process may run on
-   * (its affinity and its cgroup's CPU quota). Busy connections are then handed over to
-   * the new thread. Threads added are kept; an idle one costs no CPU.
+   * (outside epoll_wait three quarters of the time for 200 ms), up to the CPUs the
+   * process may run on (its affinity and its cgroup's CPU quota). Busy connections are
+   * then handed over to the new thread. Threads added are kept; an idle one costs no CPU.
    */
   threads?: number | 'auto';
   /**
