@@ -132,6 +132,11 @@ for pass in "${passes[@]}"; do
     TSAN_OPTIONS=$tsan_options build-tsan/portsplice-stress --seconds "$stress_seconds" --fork
     check_reports portsplice-stress
 
+    # Workers added under load and sessions handed over between them.
+    log "tsan: portsplice-stress --seconds $stress_seconds --threads auto"
+    TSAN_OPTIONS=$tsan_options build-tsan/portsplice-stress --seconds "$stress_seconds" --threads auto
+    check_reports "portsplice-stress --threads auto"
+
     log "tsan: test/docker-proxy.test.mjs, test/moby-docker-proxy.test.mjs against build-tsan/portsplice-docker-proxy"
     TSAN_OPTIONS=$tsan_options PORTSPLICE_DOCKER_PROXY=build-tsan/portsplice-docker-proxy \
       node --test --test-concurrency=1 --test-reporter=dot test/docker-proxy.test.mjs test/moby-docker-proxy.test.mjs

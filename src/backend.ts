@@ -26,4 +26,6 @@ export interface Backend {
   counters(): Map<number, RawCounters>;
   /** Whether the engine's handles keep the Node event loop alive. */
   setRef(ref: boolean): void;
+  /** Native engine threads running now; 0 for an engine without any. */
+  threads(): number;
 }

@@ -38,13 +38,15 @@ export interface NativeProxy {
   close(): Promise<void>;
   /** Counters of every live mapping, `statsFields.length` values a mapping. */
   stats(): BigUint64Array;
+  /** Engine threads running now. */
+  threads(): number;
   ref(): void;
   unref(): void;
 }
 
 export interface NativeBinding {
   NativeProxy: new (
-    threads: number,
+    threads: number | 'auto',
     onComplete: (requestId: number, errno: number) => void,
     pipeSize: number,
     maxPipes: number,

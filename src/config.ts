@@ -43,7 +43,7 @@ export interface ResolvedMapping {
 
 export interface ResolvedProxyOptions {
   engine: EngineName;
-  threads: number;
+  threads: number | 'auto';
   pipeSize: number;
   maxPipes: number;
 }
@@ -94,6 +94,14 @@ function checkInteger(value: unknown, field: string, min: number, max: number): 
     );
   }
   return value;
+}
+
+/** `threads`: `'auto'` is handled by the caller; anything else must be an integer. */
+export function checkThreads(value: unknown, field: string): number {
+  if (typeof value === 'string') {
+    fail(TypeError, 'ERR_INVALID_ARG_VALUE', `${field} must be 'auto' or a number, got ${describe(value)}`);
+  }
+  return checkInteger(value, field, 1, MAX_THREADS);
 }
 
 function checkChoice<T extends string>(value: unknown, field: string, choices: readonly T[]): T {
@@ -175,7 +183,7 @@ export function validateProxyOptions(options: unknown, defaultEngine: EngineName
   checkKeys(o, 'options', ['engine', 'threads', 'pipeSize', 'maxPipes']);
   return {
     engine: o.engine === undefined ? defaultEngine : checkChoice(o.engine, 'engine', ENGINES),
-    threads: o.threads === undefined ? 1 : checkInteger(o.threads, 'threads', 1, MAX_THREADS),
+    threads: o.threads === undefined || o.threads === 'auto' ? 'auto' : checkThreads(o.threads, 'threads'),
     pipeSize: o.pipeSize === undefined ? 0 : checkInteger(o.pipeSize, 'pipeSize', 4096, 1 << 20),
     maxPipes: o.maxPipes === undefined ? 0 : checkInteger(o.maxPipes, 'maxPipes', 0, 2 ** 31 - 1),
   };

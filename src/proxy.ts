@@ -190,7 +190,7 @@ class PortspliceProxy implements Proxy {
       const c = counters.get(id);
       if (c) mappings.push(shapeStats(m, c));
     }
-    return { engine: this.engine, mappings };
+    return { engine: this.engine, threads: this.#backend.threads(), mappings };
   }
 
   ref(): this {

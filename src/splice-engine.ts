@@ -99,6 +99,10 @@ export class SpliceBackend implements Backend {
     return snapshot;
   }
 
+  threads(): number {
+    return this.#native.threads();
+  }
+
   setRef(ref: boolean): void {
     if (ref) this.#native.ref();
     else this.#native.unref();

@@ -75,6 +75,10 @@ export class StreamBackend implements Backend {
     return snapshot;
   }
 
+  threads(): number {
+    return 0;
+  }
+
   setRef(ref: boolean): void {
     this.#ref = ref;
     for (const mapping of this.#mappings.values()) mapping.setRef(ref);

@@ -16,8 +16,14 @@ export interface ProxyOptions {
    * platforms without splice and the baseline the benchmarks compare against.
    */
   engine?: EngineName;
-  /** Number of native event-loop threads for the splice engine (1 to 64, default 1). */
-  threads?: number;
+  /**
+   * Native event-loop threads for the splice engine: 1 to 64, exactly that many, or
+   * `'auto'` (the default): one thread while idle, and more while the threads are busy
+   * (outside epoll_wait three quarters of the time for 200 ms), up to the CPUs the
+   * process may run on (its affinity and its cgroup's CPU quota). Busy connections are
+   * then handed over to the new thread. Threads added are kept; an idle one costs no CPU.
+   */
+  threads?: number | 'auto';
   /**
    * Splice engine: capacity asked for each pipe with F_SETPIPE_SZ, in bytes (4096 to
    * 1048576). Larger pipes move more per system call. The default is 1 MiB for root, which
@@ -196,6 +202,8 @@ export type MappingStats = TcpMappingStats | UdpMappingStats;
 
 export interface ProxyStats {
   engine: EngineName;
+  /** Native engine threads running now (the splice engine; 0 for the stream engine). */
+  threads: number;
   mappings: MappingStats[];
 }
 

@@ -170,6 +170,8 @@ describe('flags', () => {
     ]);
     assert.equal(o.engine, 'stream');
     assert.equal(o.threads, 4);
+    assert.equal(parseArgs(['--threads', 'auto', '-p', '1:1.1.1.1:1']).threads, 'auto');
+    assert.equal(parseArgs(['-p', '1:1.1.1.1:1']).threads, undefined, 'unset: the library default, auto');
     assert.equal(o.json, true);
     assert.equal(o.interval, 0.5);
     assert.deepEqual(o.metrics, { host: '127.0.0.1', port: 9100 });
@@ -210,7 +212,7 @@ describe('flags', () => {
       [['-p', '--json'], /flag -p needs a value/],
       [['--engine'], /flag --engine needs a value/],
       [['--engine', 'fast', '-p', '1:1.1.1.1:1'], /--engine must be splice or stream, got "fast"/],
-      [['--threads', '0', '-p', '1:1.1.1.1:1'], /--threads must be a number from 1 to 64, got "0"/],
+      [['--threads', '0', '-p', '1:1.1.1.1:1'], /--threads must be auto or a number from 1 to 64, got "0"/],
       [['--threads', '65', '-p', '1:1.1.1.1:1'], /from 1 to 64/],
       [['--threads', '2.5', '-p', '1:1.1.1.1:1'], /from 1 to 64/],
       [['--interval', '0', '-p', '1:1.1.1.1:1'], /--interval must be a number of seconds from 0.05/],

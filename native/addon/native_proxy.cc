@@ -45,6 +45,7 @@ Napi::Function NativeProxy::Define(Napi::Env env) {
                          InstanceMethod<&NativeProxy::Remove>("remove"),
                          InstanceMethod<&NativeProxy::Close>("close"),
                          InstanceMethod<&NativeProxy::Stats>("stats"),
+                         InstanceMethod<&NativeProxy::Threads>("threads"),
                          InstanceMethod<&NativeProxy::Ref>("ref"),
                          InstanceMethod<&NativeProxy::Unref>("unref"),
                      });
@@ -52,12 +53,15 @@ Napi::Function NativeProxy::Define(Napi::Env env) {
 
 NativeProxy::NativeProxy(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeProxy>(info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction()) {
-    ThrowTypeError(env, "NativeProxy(threads, onComplete, pipeSize?, maxPipes?)");
+  bool auto_threads = info.Length() > 0 && info[0].IsString() && info[0].As<Napi::String>().Utf8Value() == "auto";
+  if (info.Length() < 2 || !(info[0].IsNumber() || auto_threads) || !info[1].IsFunction()) {
+    ThrowTypeError(env, "NativeProxy(threads | 'auto', onComplete, pipeSize?, maxPipes?)");
     return;
   }
   ps::EngineOptions options;
-  options.threads = info[0].As<Napi::Number>().Int32Value();
+  options.threads = auto_threads ? ps::kAutoThreads : info[0].As<Napi::Number>().Int32Value();
+  // A number below 1 is refused by start() with EINVAL, not taken as kAutoThreads.
+  if (options.threads < 1 && !auto_threads) options.threads = -1;
   if (info.Length() > 2 && info[2].IsNumber()) options.pipe_size = info[2].As<Napi::Number>().Uint32Value();
   if (info.Length() > 3 && info[3].IsNumber()) options.max_pipes = info[3].As<Napi::Number>().Uint32Value();
 
@@ -267,6 +271,10 @@ Napi::Value NativeProxy::Stats(const Napi::CallbackInfo& info) {
   auto array = Napi::BigUint64Array::New(env, rows.size());
   for (size_t i = 0; i < rows.size(); i++) array[i] = rows[i];
   return array;
+}
+
+Napi::Value NativeProxy::Threads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), engine_.thread_count());
 }
 
 Napi::Value NativeProxy::Ref(const Napi::CallbackInfo& info) {

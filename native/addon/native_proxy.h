@@ -16,7 +16,8 @@ class NativeProxy : public Napi::ObjectWrap<NativeProxy> {
  public:
   static Napi::Function Define(Napi::Env env);
 
-  // new NativeProxy(threads, onComplete, pipeSize?, maxPipes?)
+  // new NativeProxy(threads | "auto", onComplete, pipeSize?, maxPipes?); threads() is how
+  // many engine threads run now.
   explicit NativeProxy(const Napi::CallbackInfo& info);
   ~NativeProxy() override;
 
@@ -31,6 +32,7 @@ class NativeProxy : public Napi::ObjectWrap<NativeProxy> {
   Napi::Value Remove(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value Threads(const Napi::CallbackInfo& info);
   Napi::Value Ref(const Napi::CallbackInfo& info);
   Napi::Value Unref(const Napi::CallbackInfo& info);
 

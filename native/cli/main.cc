@@ -321,9 +321,20 @@ int main(int argc, char** argv) {
   if (!event_fd.valid()) return fail(&status, "eventfd: " + describe_errno(-errno));
   completion.event_fd = event_fd.get();
 
-  // One worker: a proxy serves one port, and dockerd may start thousands of them.
+  // One worker while idle, more under load: a proxy serves one port, and dockerd may
+  // start thousands of them. PORTSPLICE_THREADS ("auto" or 1-64) overrides, since
+  // docker-proxy's flags have no place for it.
   ps::EngineOptions engine_options;
-  engine_options.threads = 1;
+  engine_options.threads = ps::kAutoThreads;
+  if (const char* threads = getenv("PORTSPLICE_THREADS"); threads != nullptr && strcmp(threads, "auto") != 0) {
+    char* end = nullptr;
+    long n = strtol(threads, &end, 10);
+    if (*threads == '\0' || *end != '\0' || n < 1 || n > ps::kMaxThreads) {
+      return fail(&status, std::string("PORTSPLICE_THREADS must be auto or a number from 1 to ") +
+                               std::to_string(ps::kMaxThreads) + ", got \"" + threads + "\"");
+    }
+    engine_options.threads = static_cast<int>(n);
+  }
   ps::Engine engine;
   int rc = engine.start(engine_options, [&completion](uint64_t request, int result) {
     if (request != kAddRequest) return;

@@ -3,7 +3,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
 
 namespace ps {
 
@@ -11,7 +18,95 @@ namespace {
 
 constexpr int kUdpListenBufferSize = 4 << 20;
 
+// The start of a small file (/proc, cgroupfs), or "" if it cannot be read.
+std::string read_small_file(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return "";
+  char buffer[4096];
+  ssize_t n;
+  do {
+    n = read(fd.get(), buffer, sizeof buffer - 1);
+  } while (n < 0 && errno == EINTR);
+  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "";
+}
+
+// CPUs a quota of `quota` per `period` microseconds allows, rounded up; 0: no quota.
+int quota_cpus(long long quota, long long period) {
+  if (quota <= 0 || period <= 0) return 0;
+  return static_cast<int>(std::min<long long>((quota + period - 1) / period, kMaxThreads));
+}
+
+// The lowest CPU quota on `path` (a cgroup, relative to `root`) and its ancestors, or 0.
+template <typename ReadQuota>
+int lowest_quota(const std::string& root, std::string path, ReadQuota read_quota) {
+  int lowest = 0;
+  for (;;) {
+    int cpus = read_quota(root + path);
+    if (cpus > 0 && (lowest == 0 || cpus < lowest)) lowest = cpus;
+    if (path.empty() || path == "/") return lowest;
+    size_t slash = path.find_last_of('/');
+    path = slash == std::string::npos || slash == 0 ? "/" : path.substr(0, slash);
+  }
+}
+
+// The CPU quota of this process' cgroups (v2 and v1), in CPUs, or 0 when there is none.
+int cgroup_cpus() {
+  std::string cgroups = read_small_file("/proc/self/cgroup");
+  int lowest = 0;
+  auto lower = [&](int cpus) {
+    if (cpus > 0 && (lowest == 0 || cpus < lowest)) lowest = cpus;
+  };
+  size_t at = 0;
+  while (at < cgroups.size()) {
+    size_t end = cgroups.find('\n', at);
+    if (end == std::string::npos) end = cgroups.size();
+    std::string line = cgroups.substr(at, end - at);
+    at = end + 1;
+    // "hierarchy-id:controllers:path"; v2 is "0::path".
+    size_t first = line.find(':');
+    size_t second = first == std::string::npos ? first : line.find(':', first + 1);
+    if (second == std::string::npos) continue;
+    std::string controllers = line.substr(first + 1, second - first - 1);
+    std::string path = line.substr(second + 1);
+    if (controllers.empty()) {
+      // cpu.max: "max 100000" (no quota) or "200000 100000".
+      lower(lowest_quota("/sys/fs/cgroup", path, [](const std::string& dir) {
+        long long quota = 0, period = 0;
+        std::string text = read_small_file(dir + "/cpu.max");
+        return sscanf(text.c_str(), "%lld %lld", &quota, &period) == 2 ? quota_cpus(quota, period) : 0;
+      }));
+    } else if (("," + controllers + ",").find(",cpu,") != std::string::npos) {
+      // cpu.cfs_quota_us is -1 without a quota. The hierarchy is mounted as
+      // cpu,cpuacct on most distributions, with a cpu link to it.
+      for (const char* root : {"/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"}) {
+        int cpus = lowest_quota(root, path, [](const std::string& dir) {
+          std::string quota = read_small_file(dir + "/cpu.cfs_quota_us");
+          std::string period = read_small_file(dir + "/cpu.cfs_period_us");
+          if (quota.empty() || period.empty()) return 0;
+          return quota_cpus(atoll(quota.c_str()), atoll(period.c_str()));
+        });
+        if (cpus > 0) {
+          lower(cpus);
+          break;
+        }
+      }
+    }
+  }
+  return lowest;
+}
+
 }  // namespace
+
+int Engine::cpu_limit() {
+  int cpus = 0;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cpus = CPU_COUNT(&set);
+  if (cpus <= 0) cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  int quota = cgroup_cpus();
+  if (quota > 0 && (cpus <= 0 || quota < cpus)) cpus = quota;
+  return std::clamp(cpus, 1, kMaxThreads);
+}
 
 Engine::~Engine() {
   if (running()) stop(0);
@@ -19,23 +114,67 @@ Engine::~Engine() {
 }
 
 int Engine::start(const EngineOptions& options, CompletionFn on_complete) {
-  if (!workers_.empty()) return -EALREADY;
-  if (options.threads < 1) return -EINVAL;
+  if (started_) return -EALREADY;
+  if (options.threads < kAutoThreads || options.threads > kMaxThreads) return -EINVAL;
   options_ = options;
+  max_threads_ = options.threads == kAutoThreads ? cpu_limit() : options.threads;
   on_complete_ = std::move(on_complete);
-  for (int i = 0; i < options.threads; i++) {
-    auto worker = std::make_unique<Worker>(i, options_, &on_complete_);
-    int rc = worker->init();
-    if (rc == 0) rc = worker->spawn();
-    if (rc < 0) {
-      // Undo: the workers already running exit and are joined.
-      stop(0);
-      join();
-      return rc;
-    }
-    workers_.push_back(std::move(worker));
+  started_ = true;
+  int initial = options.threads == kAutoThreads ? 1 : options.threads;
+  int rc = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int i = 0; i < initial && rc == 0; i++) add_worker(&rc);
   }
-  return 0;
+  if (rc < 0) {
+    // Undo: the workers already running exit and are joined.
+    stop(0);
+    join();
+    started_ = false;
+    stopping_ = false;
+  }
+  return rc;
+}
+
+Worker* Engine::add_worker(int* error) {
+  int index = static_cast<int>(workers_.size());
+  auto worker = std::make_unique<Worker>(index, options_, &on_complete_, this);
+  int rc = worker->init();
+  // The new worker serves the TCP mappings from the start, and draining ones keep its
+  // place for their sessions. UDP mappings stay with their owners.
+  for (const auto& entry : mappings_) {
+    if (rc < 0) break;
+    if (entry.second.mapping->config().proto == Proto::kTcp)
+      rc = worker->adopt_mapping(entry.second.mapping, entry.second.listening);
+  }
+  if (rc == 0) rc = worker->spawn();
+  *error = rc;
+  if (rc < 0) return nullptr;
+  workers_.push_back(std::move(worker));
+  thread_count_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  return workers_.back().get();
+}
+
+Worker* Engine::spare_worker(Worker* busy, int spare_permille, int64_t now_ms, int* load) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (stopping_) return nullptr;
+  Worker* best = nullptr;
+  int best_load = spare_permille;
+  for (const auto& worker : workers_) {
+    if (worker.get() == busy) continue;
+    int l = worker->load_permille(now_ms);
+    if (l < best_load) {
+      best = worker.get();
+      best_load = l;
+    }
+  }
+  *load = best_load;
+  if (best != nullptr) return best;
+  *load = 0;
+  if (static_cast<int>(workers_.size()) >= max_threads_) return nullptr;
+  // A failure (no memory, no thread) leaves the engine as it was.
+  int error = 0;
+  return add_worker(&error);
 }
 
 Error Engine::add(const MappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port) {
@@ -106,13 +245,15 @@ Error Engine::serve_socket(UniqueFd fd, const MappingConfig& config, uint64_t re
   MappingConfig effective = config;
   effective.listen = bound;
   uint32_t mapping_id = next_id_++;
+  std::lock_guard<std::mutex> lock(mutex_);
   int owner = -1;
   if (config.proto == Proto::kUdp) {
-    owner = next_udp_owner_;
-    next_udp_owner_ = (next_udp_owner_ + 1) % options_.threads;
+    owner = next_udp_owner_ % static_cast<int>(workers_.size());
+    next_udp_owner_ = owner + 1;
   }
-  auto mapping = std::make_shared<Mapping>(mapping_id, effective, std::move(fd), options_.threads, owner);
-  mappings_.emplace(mapping_id, mapping);
+  // Counters for every worker there may ever be: a worker added later writes its line.
+  auto mapping = std::make_shared<Mapping>(mapping_id, effective, std::move(fd), max_threads_, owner);
+  mappings_.emplace(mapping_id, Entry{mapping, true});
   broadcast(Command::Kind::kAddMapping, mapping, mapping_id, request);
   *id = mapping_id;
   *port = bound.port();
@@ -122,6 +263,7 @@ Error Engine::serve_socket(UniqueFd fd, const MappingConfig& config, uint64_t re
 int Engine::remove(uint32_t id, uint64_t request) {
   auto it = mappings_.find(id);
   if (it == mappings_.end()) return -ENOENT;
+  std::lock_guard<std::mutex> lock(mutex_);
   mappings_.erase(it);
   broadcast(Command::Kind::kRemoveMapping, nullptr, id, request);
   return 0;
@@ -130,12 +272,15 @@ int Engine::remove(uint32_t id, uint64_t request) {
 int Engine::stop_listening(uint32_t id, uint64_t request) {
   auto it = mappings_.find(id);
   if (it == mappings_.end()) return -ENOENT;
-  broadcast(Command::Kind::kStopListening, it->second, id, request);
+  std::lock_guard<std::mutex> lock(mutex_);
+  it->second.listening = false;
+  broadcast(Command::Kind::kStopListening, it->second.mapping, id, request);
   return 0;
 }
 
 int Engine::stop(uint64_t request) {
   if (!running()) return -EALREADY;
+  std::lock_guard<std::mutex> lock(mutex_);
   stopping_ = true;
   mappings_.clear();
   broadcast(Command::Kind::kStop, nullptr, 0, request);
@@ -143,15 +288,25 @@ int Engine::stop(uint64_t request) {
 }
 
 void Engine::join() {
-  for (auto& worker : workers_) worker->join();
-  workers_.clear();
+  std::vector<std::unique_ptr<Worker>> workers;
+  {
+    // No worker is added once stopping_ is set, so the set is final.
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+    workers.swap(workers_);
+  }
+  // Every thread exits before any worker is freed: a worker may hand a session to
+  // another until it stops.
+  for (auto& worker : workers) worker->join();
+  workers.clear();
+  thread_count_.store(0, std::memory_order_relaxed);
 }
 
 void Engine::snapshot(std::vector<uint64_t>* rows) const {
   for (const auto& entry : mappings_) {
     size_t at = rows->size();
     rows->resize(at + kStatsFieldCount);
-    entry.second->snapshot(rows->data() + at);
+    entry.second.mapping->snapshot(rows->data() + at);
   }
 }
 

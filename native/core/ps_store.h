@@ -42,6 +42,11 @@ class PipePool {
 
   size_t in_use() const { return in_use_; }
 
+  // A connection moving to another thread takes its pipes along: the old pool stops
+  // counting them (on the old thread) and the new one starts (on the new thread).
+  void disown(size_t pipes) { in_use_ -= pipes; }
+  void adopt(size_t pipes) { in_use_ += pipes; }
+
  private:
   size_t pipe_size_;
   size_t max_in_use_;

@@ -274,6 +274,7 @@ void TcpSession::on_connected() {
 
 void TcpSession::on_event(Watcher* watcher, uint32_t events) {
   if (state_ == State::kClosed) return;
+  activity++;
   if (state_ == State::kConnecting) {
     if (watcher->tag != kTarget) return;
     // A failed connect() is reported with EPOLLERR (sk_err is set) and EPOLLHUP, a completed
@@ -422,6 +423,23 @@ void TcpSession::update_interest(Watcher* event_watcher, uint32_t events) {
     rc = loop.watch(&target_watcher_, target);
   }
   if (rc < 0) finish(true);
+}
+
+void TcpSession::detach() {
+  worker_->loop().forget(&client_watcher_);
+  worker_->loop().forget(&target_watcher_);
+  worker_->pipes().disown(static_cast<size_t>(up_.pipe.valid()) + static_cast<size_t>(down_.pipe.valid()));
+}
+
+void TcpSession::attach(Worker* worker) {
+  worker_ = worker;
+  // `active` was counted up on the old worker's line and is counted down on this one:
+  // the snapshot's unsigned sum wraps, so the total stays exact.
+  counters_ = &mapping_->counters(worker->index());
+  worker->pipes().adopt(static_cast<size_t>(up_.pipe.valid()) + static_cast<size_t>(down_.pipe.valid()));
+  // The interest the session wants now; a socket that had hung up reports it again once
+  // and leaves the set then.
+  update_interest(nullptr, 0);
 }
 
 void TcpSession::finish(bool reset) {

@@ -45,6 +45,16 @@ class TcpSession final : public EventHandler {
   Mapping* mapping() const { return mapping_; }
   int64_t connect_deadline() const { return connect_deadline_; }
 
+  // Moving a connected session to another worker, between batches of events: detach()
+  // on the old worker's thread leaves its loop and its pipe count; attach() on the new
+  // worker's thread joins its loop (level triggered, so nothing waiting is missed) and
+  // counts on its line. The caller moves the session between the workers' lists.
+  bool movable() const { return state_ == State::kOpen; }
+  void detach();
+  void attach(Worker* worker);
+
+  uint32_t activity = 0;  // Events since the worker last sampled its load.
+
   ListLink<TcpSession> all_link{this};         // In the worker's list of sessions.
   ListLink<TcpSession> connecting_link{this};  // In the worker's list of pending connects.
 

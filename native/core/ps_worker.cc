@@ -2,11 +2,15 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <algorithm>
 #include <new>
+
+#include "ps_engine.h"
 
 namespace ps {
 
@@ -19,16 +23,43 @@ constexpr int kMaxAcceptsPerEvent = 64;
 constexpr int64_t kAcceptPauseMs = 100;
 constexpr size_t kMaxIdleBuffers = 16;
 
+// Load: the share of wall time a worker spends outside epoll_wait, summed from two
+// CLOCK_MONOTONIC reads (vDSO, no system call) around each wait and looked at once per
+// period, only while the worker is awake anyway: an idle worker sleeps in epoll_wait
+// with no timer and costs nothing. Wall time rather than the thread's CPU time
+// (CLOCK_THREAD_CPUTIME_ID), because on a machine short of CPU a saturated worker waits
+// for a CPU as much as it runs, and its CPU time alone would never look busy. Two busy
+// periods in a row (200 ms) outside epoll_wait three quarters of the time or more
+// (EngineOptions::busy_permille) hand work over.
+constexpr int64_t kSamplePeriodMs = 100;
+constexpr int kBusyPeriods = 2;
+// A worker below this takes work from a busy one before the engine adds a worker.
+constexpr int kSparePermille = 500;
+// After a hand-over, time for both workers' loads to show its effect (hysteresis).
+constexpr int64_t kQuietAfterHandOverMs = 500;
+
+int64_t monotonic_us() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
 }  // namespace
 
-Worker::Worker(int index, const EngineOptions& options, const CompletionFn* on_complete)
+Worker::Worker(int index, const EngineOptions& options, const CompletionFn* on_complete, Engine* engine)
     : index_(index),
       on_complete_(on_complete),
+      engine_(engine),
+      busy_permille_(options.busy_permille),
       pipes_(options.pipe_size, options.max_pipes, options.max_idle_pipes),
       buffers_(kMaxIdleBuffers) {}
 
 Worker::~Worker() {
   join();
+  // A session handed over after this worker stopped is still queued: reset it. Every
+  // thread of the engine has exited by now (Engine::join), so no more can arrive.
+  run_commands();
+  free_retired();
 }
 
 int Worker::init() {
@@ -52,6 +83,11 @@ int Worker::spawn() {
   pthread_sigmask(SIG_SETMASK, &previous, nullptr);
   if (rc != 0) return -rc;
   started_ = true;
+  // Named for top -H and /proc/PID/task/*/comm: "portsplice-0", "portsplice-1", ... Set
+  // here rather than by the thread, so that the name is there when spawn() returns.
+  char name[16];
+  snprintf(name, sizeof name, "portsplice-%d", index_);
+  pthread_setname_np(thread_, name);
   return 0;
 }
 
@@ -59,6 +95,12 @@ void Worker::join() {
   if (!started_) return;
   pthread_join(thread_, nullptr);
   started_ = false;
+}
+
+int Worker::load_permille(int64_t now_ms) const {
+  // Relaxed: an estimate; a worker that has not sampled for two periods is asleep.
+  if (load_at_ms_.load(std::memory_order_relaxed) < now_ms - 2 * kSamplePeriodMs) return 0;
+  return load_permille_.load(std::memory_order_relaxed);
 }
 
 void Worker::post(Command command) {
@@ -80,20 +122,27 @@ void* Worker::thread_main(void* self) {
 }
 
 void Worker::run() {
-  now_ms_ = monotonic_ms();
+  int64_t now_us = monotonic_us();
+  now_ms_ = now_us / 1000;
+  sample_start_us_ = now_us;
+  next_sample_ms_ = now_ms_ + kSamplePeriodMs;
   while (running_) {
     int timeout = -1;
     if (next_timer_ms_ != INT64_MAX) {
       timeout = static_cast<int>(std::clamp<int64_t>(next_timer_ms_ - now_ms_, 0, 60000));
     }
+    int64_t wait_start_us = monotonic_us();
     int ready = loop_.wait(timeout);
-    now_ms_ = monotonic_ms();
+    now_us = monotonic_us();
+    waited_us_ += now_us - wait_start_us;
+    now_ms_ = now_us / 1000;
     if (ready > 0) loop_.dispatch(ready);
     // Commands run after the batch, so that none frees a listener or session that a
     // later event of the same batch points at.
     if (wake_pending_) run_commands();
     free_retired();
     if (now_ms_ >= next_timer_ms_) run_timers();
+    if (now_ms_ >= next_sample_ms_ && running_) sample_load();
   }
 }
 
@@ -129,6 +178,9 @@ void Worker::run_commands() {
         stop();
         complete(command.barrier, 0);
         break;
+      case Command::Kind::kAdoptSession:
+        adopt_session(command);
+        break;
     }
   }
   commands_.clear();
@@ -163,14 +215,82 @@ void Worker::add_mapping(std::shared_ptr<Mapping> mapping, const std::shared_ptr
     complete(barrier, rc);
     return;
   }
-  auto listener = std::unique_ptr<Listener>(new (std::nothrow) Listener(this, std::move(mapping)));
-  if (!listener) {
-    complete(barrier, -ENOMEM);
-    return;
-  }
-  int rc = loop_.watch_exclusive(&listener->watcher, EPOLLIN);
+  complete(barrier, adopt_mapping(std::move(mapping), true));
+}
+
+int Worker::adopt_mapping(std::shared_ptr<Mapping> mapping, bool listening) {
+  auto listener = std::unique_ptr<Listener>(new (std::nothrow) Listener(this, std::move(mapping), listening));
+  if (!listener) return -ENOMEM;
+  int rc = listening ? loop_.watch_exclusive(&listener->watcher, EPOLLIN) : 0;
   if (rc == 0) listeners_.push_back(std::move(listener));
-  complete(barrier, rc);
+  return rc;
+}
+
+void Worker::sample_load() {
+  int64_t now_us = monotonic_us();
+  int64_t wall_us = std::max<int64_t>(now_us - sample_start_us_, 1);
+  int permille = static_cast<int>(std::clamp<int64_t>((wall_us - waited_us_) * 1000 / wall_us, 0, 1000));
+  sample_start_us_ = now_us;
+  waited_us_ = 0;
+  next_sample_ms_ = now_ms_ + kSamplePeriodMs;
+  load_permille_.store(permille, std::memory_order_relaxed);
+  load_at_ms_.store(now_ms_, std::memory_order_relaxed);
+  busy_periods_ = permille >= busy_permille_ ? busy_periods_ + 1 : 0;
+  if (busy_periods_ >= kBusyPeriods && now_ms_ >= quiet_until_ms_ && engine_ != nullptr) {
+    busy_periods_ = 0;
+    quiet_until_ms_ = now_ms_ + (busy_permille_ == 0 ? 0 : kQuietAfterHandOverMs);
+    int spare = 0;
+    Worker* to = engine_->spare_worker(this, kSparePermille, now_ms_, &spare);
+    // Share the difference: half of this worker's work goes to a new (idle) one. With
+    // busy_permille 0 (the stress test), every active session, to move as many as can be.
+    double fraction = busy_permille_ == 0 ? 1.0 : permille > spare ? (permille - spare) / (2.0 * permille) : 0.5;
+    if (to != nullptr) hand_over(to, fraction);
+  }
+  for (TcpSession* s = sessions_.front(); s != nullptr; s = sessions_.next(&s->all_link)) s->activity = 0;
+}
+
+void Worker::hand_over(Worker* to, double fraction) {
+  // The busiest sessions first; a session moves only if the share stays within the
+  // target, so that a lone busy session is not bounced between workers.
+  std::vector<TcpSession*> candidates;
+  uint64_t total = 0;
+  for (TcpSession* s = sessions_.front(); s != nullptr; s = sessions_.next(&s->all_link)) {
+    total += s->activity;
+    if (s->movable()) candidates.push_back(s);
+  }
+  std::sort(candidates.begin(), candidates.end(),
+            [](const TcpSession* a, const TcpSession* b) { return a->activity > b->activity; });
+  uint64_t share = static_cast<uint64_t>(static_cast<double>(total) * fraction);
+  uint64_t moved = 0;
+  for (TcpSession* session : candidates) {
+    if (session->activity == 0 || moved + session->activity > share) continue;
+    auto listener = std::find_if(listeners_.begin(), listeners_.end(), [&](const std::unique_ptr<Listener>& l) {
+      return l->mapping.get() == session->mapping();
+    });
+    if (listener == listeners_.end()) continue;  // Cannot happen: a session's mapping has a listener here.
+    moved += session->activity;
+    session->detach();
+    session->all_link.unlink();
+    Command command;
+    command.kind = Command::Kind::kAdoptSession;
+    // Keeps the mapping alive until the other worker has adopted (or reset) the session,
+    // even if this worker removes the mapping meanwhile.
+    command.mapping = (*listener)->mapping;
+    command.session = session;
+    to->post(std::move(command));
+  }
+}
+
+void Worker::adopt_session(Command& command) {
+  TcpSession* session = command.session;
+  sessions_.push_back(&session->all_link);
+  session->attach(this);
+  // The mapping was removed here before the session arrived (or this worker joined the
+  // engine after that), or the engine is stopping: reset it as its worker would have.
+  bool served = running_ && std::any_of(listeners_.begin(), listeners_.end(), [&](const std::unique_ptr<Listener>& l) {
+                  return l->mapping == command.mapping;
+                });
+  if (!served) session->abort();
 }
 
 void Worker::remove_mapping(uint32_t mapping_id) {

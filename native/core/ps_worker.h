@@ -22,11 +22,19 @@
 
 namespace ps {
 
+// `threads` as the engine takes it: kAutoThreads starts one worker and adds workers
+// while they are busy, up to the CPUs the process may use.
+constexpr int kAutoThreads = 0;
+constexpr int kMaxThreads = 64;
+
 struct EngineOptions {
-  int threads = 1;
+  int threads = 1;             // 1 to kMaxThreads workers, or kAutoThreads.
   size_t pipe_size = 0;        // F_SETPIPE_SZ for new pipes; 0 keeps the kernel default.
   size_t max_pipes = 0;        // Pipes in use per thread before copying; 0: no limit.
   size_t max_idle_pipes = 64;  // Empty pipes kept per thread for reuse.
+  // A worker outside epoll_wait this share of the time (in thousandths) for two periods
+  // in a row hands work over. The stress test lowers it to hand sessions over all the time.
+  int busy_permille = 750;
 };
 
 // Counts workers down to the last one, which reports the command as complete.
@@ -39,19 +47,23 @@ struct Barrier {
 };
 
 struct Command {
-  enum class Kind { kAddMapping, kStopListening, kRemoveMapping, kStop };
+  enum class Kind { kAddMapping, kStopListening, kRemoveMapping, kStop, kAdoptSession };
   Kind kind;
-  std::shared_ptr<Mapping> mapping;  // kAddMapping, kStopListening.
+  std::shared_ptr<Mapping> mapping;  // kAddMapping, kStopListening; kAdoptSession: the session's.
   uint32_t mapping_id = 0;           // kRemoveMapping.
-  std::shared_ptr<Barrier> barrier;
+  std::shared_ptr<Barrier> barrier;  // Not for kAdoptSession, which nobody waits for.
+  TcpSession* session = nullptr;     // kAdoptSession: handed over by a busier worker.
 };
 
 // Called on a worker thread when the last worker has carried out a command.
 using CompletionFn = std::function<void(uint64_t request, int result)>;
 
+class Engine;
+
 class Worker final : public EventHandler {
  public:
-  Worker(int index, const EngineOptions& options, const CompletionFn* on_complete);
+  // `engine` is asked for a less busy worker (or a new one) when this one is busy.
+  Worker(int index, const EngineOptions& options, const CompletionFn* on_complete, Engine* engine);
   ~Worker();
 
   // Creates the epoll set and the wake-up eventfd. Returns 0 or a negative errno.
@@ -59,6 +71,15 @@ class Worker final : public EventHandler {
   // Starts the thread with every signal blocked (SIGPIPE above all). Returns 0 or -errno.
   int spawn();
   void join();
+
+  // Before spawn(), on the thread that creates the worker: serves a TCP mapping that the
+  // other workers already serve. A mapping that is draining (`listening` false) only
+  // keeps its sessions, which may be handed over to this worker, in its care.
+  int adopt_mapping(std::shared_ptr<Mapping> mapping, bool listening);
+
+  // This worker's time outside epoll_wait, in thousandths, over its last sampling period; 0
+  // when it has not sampled lately (an idle worker sleeps and never samples). Any thread.
+  int load_permille(int64_t now_ms) const;
 
   // Queues a command and wakes the thread. Safe from any thread.
   void post(Command command);
@@ -84,8 +105,10 @@ class Worker final : public EventHandler {
  private:
   // A mapping's shared listening socket as registered in this worker's loop.
   struct Listener final : EventHandler {
-    Listener(Worker* owner, std::shared_ptr<Mapping> m) : worker(owner), mapping(std::move(m)) {
-      watcher.fd = mapping->listen_fd();
+    Listener(Worker* owner, std::shared_ptr<Mapping> m, bool listening)
+        : worker(owner), mapping(std::move(m)), stopped(!listening) {
+      // A draining mapping's socket may be closing on another thread: not read then.
+      if (listening) watcher.fd = mapping->listen_fd();
       watcher.handler = this;
     }
     void on_event(Watcher*, uint32_t) override { worker->accept_connections(this); }
@@ -94,7 +117,7 @@ class Worker final : public EventHandler {
     std::shared_ptr<Mapping> mapping;
     Watcher watcher;
     int64_t paused_until = 0;  // Set while accepting is paused for lack of fds.
-    bool stopped = false;      // No longer accepting: the mapping is draining.
+    bool stopped;              // No longer accepting: the mapping is draining.
   };
 
   static void* thread_main(void* self);
@@ -108,11 +131,19 @@ class Worker final : public EventHandler {
   void stop();
   void stop_listening(uint32_t mapping_id);
   void free_retired();
+  // Measures this thread's time outside epoll_wait over the last period and, when it stays busy,
+  // hands sessions to a less busy worker (a new one if the engine may grow).
+  void sample_load();
+  // Hands over open sessions carrying about `fraction` of this worker's recent events.
+  void hand_over(Worker* to, double fraction);
+  void adopt_session(Command& command);
   // Counts this worker off the barrier; the last worker reports the command complete.
   void complete(const std::shared_ptr<Barrier>& barrier, int result);
 
   int index_;
   const CompletionFn* on_complete_;
+  Engine* engine_;
+  int busy_permille_;
   Loop loop_;
   UniqueFd wake_fd_;
   Watcher wake_watcher_;
@@ -135,6 +166,15 @@ class Worker final : public EventHandler {
   List<TcpSession> sessions_;
   List<TcpSession> connecting_;
   std::vector<EventHandler*> retired_;  // Freed after the current batch of events.
+
+  // Load sampling, on this thread; the result is published for the other workers.
+  int64_t sample_start_us_ = 0;
+  int64_t waited_us_ = 0;  // In epoll_wait since sample_start_us_.
+  int64_t next_sample_ms_ = INT64_MAX;
+  int64_t quiet_until_ms_ = 0;  // No hand-over before, after the last one.
+  int busy_periods_ = 0;        // Consecutive busy periods.
+  std::atomic<int> load_permille_{0};
+  std::atomic<int64_t> load_at_ms_{0};
 };
 
 }  // namespace ps

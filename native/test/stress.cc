@@ -1,7 +1,7 @@
 // portsplice-stress: drives ps::Engine from several threads at once, for ThreadSanitizer
 // (and AddressSanitizer; node is not instrumented, so a TSan addon cannot be tested in it).
 //
-//   portsplice-stress [--seconds N] [--threads N] [--fork]
+//   portsplice-stress [--seconds N] [--threads N|auto] [--fork]
 //
 // An engine with 4 worker threads (and a pipe limit, so that bursts also take the copy
 // path) forwards to echo servers on 127.0.0.1 and ::1 that run on threads of their own.
@@ -564,6 +564,7 @@ class Control {
 };
 
 int run(int seconds, int threads, bool forks) {
+  int threads_at_end = 0;  // Workers running when the engine is stopped.
   int fds_before = count_fds();
   Totals totals;
   {
@@ -577,6 +578,9 @@ int run(int seconds, int threads, bool forks) {
     Directory directory;
     ps::EngineOptions options;
     options.threads = threads;
+    // With auto, every worker counts as busy: workers are added at once and sessions are
+    // handed over between them every half second, under all the churn below.
+    if (threads == ps::kAutoThreads) options.busy_permille = 0;
     options.max_pipes = 8;  // Beyond 8 bursts in flight a thread copies: both paths run.
     options.max_idle_pipes = 4;
     int rc =
@@ -623,6 +627,7 @@ int run(int seconds, int threads, bool forks) {
     directory.retire_all();
     {
       std::lock_guard<std::mutex> lock(engine_mutex);
+      threads_at_end = engine.thread_count();
       rc = engine.stop(UINT64_MAX);
     }
     if (rc == 0) rc = completions.wait(UINT64_MAX);
@@ -641,10 +646,12 @@ int run(int seconds, int threads, bool forks) {
     fail("descriptors", std::to_string(fds_before) + " before, " + std::to_string(fds_after) + " after");
   }
   printf(
-      "portsplice-stress: %d s, %d threads: %llu TCP exchanges verified (%llu MiB), %llu reset by the client, %llu "
+      "portsplice-stress: %d s, %s threads (%d at the end): %llu TCP exchanges verified (%llu MiB), %llu reset by the "
+      "client, %llu "
       "cut by removal; %llu UDP datagrams verified, %llu lost; %llu mappings added; %llu snapshots; %llu forks; %llu "
       "failures\n",
-      seconds, threads, static_cast<unsigned long long>(totals.tcp_ok.load()),
+      seconds, threads == ps::kAutoThreads ? "auto" : std::to_string(threads).c_str(), threads_at_end,
+      static_cast<unsigned long long>(totals.tcp_ok.load()),
       static_cast<unsigned long long>(totals.tcp_bytes.load() >> 20),
       static_cast<unsigned long long>(totals.tcp_reset.load()), static_cast<unsigned long long>(totals.tcp_cut.load()),
       static_cast<unsigned long long>(totals.udp_ok.load()), static_cast<unsigned long long>(totals.udp_lost.load()),
@@ -665,6 +672,10 @@ int main(int argc, char** argv) {
     std::string arg = argv[i];
     if (arg == "--fork") {
       forks = true;
+    } else if (arg == "--threads" && i + 1 < argc && std::string(argv[i + 1]) == "auto") {
+      // One worker to start with, more (and sessions handed over) as they get busy.
+      threads = ps::kAutoThreads;
+      i++;
     } else if ((arg == "--seconds" || arg == "--threads") && i + 1 < argc) {
       int value = atoi(argv[++i]);
       if (value < 1) {
@@ -673,7 +684,7 @@ int main(int argc, char** argv) {
       }
       (arg == "--seconds" ? seconds : threads) = value;
     } else {
-      fprintf(stderr, "usage: portsplice-stress [--seconds N] [--threads N] [--fork]\n");
+      fprintf(stderr, "usage: portsplice-stress [--seconds N] [--threads N|auto] [--fork]\n");
       return 2;
     }
   }

@@ -34,7 +34,7 @@ export interface MappingSpec {
 export interface CliOptions {
   mappings: MappingSpec[];
   engine?: EngineName;
-  threads?: number;
+  threads?: number | 'auto';
   /** From a config file only. */
   pipeSize?: number;
   /** From a config file only. */
@@ -78,7 +78,9 @@ Mappings:
 
 Options:
   --engine splice|stream Data path (default: splice on Linux).
-  --threads N            Native event-loop threads for the splice engine (1-${MAX_THREADS}, default 1).
+  --threads auto|N       Native event-loop threads for the splice engine: auto (the default:
+                         one while idle, more under load, up to the CPUs this process may
+                         use) or exactly N (1-${MAX_THREADS}).
   --json                 Print one JSON stats line per interval on stdout:
                          {"time", "engine", "mappings": [...]}, each mapping as proxy.stats()
                          returns it, with byte counters as decimal strings (they can exceed
@@ -378,7 +380,7 @@ function parseConfigMapping(value: unknown, where: string): MappingOptions {
 export interface ConfigFile {
   mappings: MappingSpec[];
   engine?: EngineName;
-  threads?: number;
+  threads?: number | 'auto';
   pipeSize?: number;
   maxPipes?: number;
 }
@@ -402,7 +404,10 @@ export function parseConfig(text: string, file: string): ConfigFile {
   } else if (isObject(data)) {
     checkKeys(data, file, ['engine', 'threads', 'pipeSize', 'maxPipes', 'mappings']);
     if (data.engine !== undefined) result.engine = parseEngine(data.engine, `${file}.engine`);
-    if (data.threads !== undefined)
+    if (data.threads === 'auto') result.threads = 'auto';
+    else if (typeof data.threads === 'string')
+      throw new UsageError(`${file}.threads must be "auto" or an integer, got ${quote(data.threads)}`);
+    else if (data.threads !== undefined)
       result.threads = checkInteger(data.threads, `${file}.threads`, 1, MAX_THREADS);
     if (data.pipeSize !== undefined) {
       result.pipeSize = checkInteger(data.pipeSize, `${file}.pipeSize`, 4096, 1 << 20);
@@ -584,8 +589,14 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
         options.engine = parseEngine(value, shown);
         break;
       case 'threads':
+        if (value === 'auto') {
+          options.threads = 'auto';
+          break;
+        }
         if (!/^\d{1,3}$/.test(value) || Number(value) < 1 || Number(value) > MAX_THREADS) {
-          throw new UsageError(`${shown} must be a number from 1 to ${MAX_THREADS}, got ${quote(value)}`);
+          throw new UsageError(
+            `${shown} must be auto or a number from 1 to ${MAX_THREADS}, got ${quote(value)}`,
+          );
         }
         options.threads = Number(value);
         break;
