@@ -6,13 +6,41 @@ import type { Backend } from './backend.js';
 import { checkNativeFields, COUNTERS, type RawCounters } from './counters.js';
 import { loadBinding, type NativeProxy } from './binding.js';
 import type { ResolvedMapping, ResolvedProxyOptions } from './config.js';
+import type { PortspliceError } from './errors.js';
+import { getSystemErrorName } from 'node:util';
 
 /** The error a native call throws: a Node-style system error. */
 type SystemError = Error & { code?: string; errno?: number; syscall?: string };
 
+/** What a request was, so that an error found later on an engine thread can say so. */
+interface RequestContext {
+  /** The engine command, as the error's `syscall`: 'add', 'stopListening', 'remove'. */
+  command: string;
+  address?: string;
+  port?: number;
+}
+
+/**
+ * An error an engine thread reported for a request (a negative errno), shaped like the
+ * synchronous ones: `code`, `errno`, `syscall` (the engine command, since the thread's system
+ * call is not carried over), and the address and port where one applies.
+ */
+export function engineError(errno: number, context: RequestContext): PortspliceError {
+  // Node names what libuv knows and says "Unknown system error -N" for the rest.
+  const name = getSystemErrorName(errno);
+  const code = /^E[A-Z0-9]+$/.test(name) ? name : 'UNKNOWN';
+  const where = context.address === undefined ? '' : ` ${context.address}:${context.port}`;
+  return Object.assign(new Error(`${context.command} ${code}${where}`), {
+    code,
+    errno,
+    syscall: context.command,
+    ...(context.address === undefined ? {} : { address: context.address, port: context.port }),
+  });
+}
+
 export class SpliceBackend implements Backend {
   #native: NativeProxy;
-  #pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  #pending = new Map<number, { resolve: () => void; reject: (e: Error) => void; context: RequestContext }>();
   #nextRequest = 1;
   #closing = false;
 
@@ -32,13 +60,13 @@ export class SpliceBackend implements Backend {
     if (!request) return;
     this.#pending.delete(requestId);
     if (errno === 0) request.resolve();
-    else request.reject(Object.assign(new Error(`portsplice engine error ${errno}`), { errno }));
+    else request.reject(engineError(errno, request.context));
   }
 
-  #request(send: (requestId: number) => void): Promise<void> {
+  #request(context: RequestContext, send: (requestId: number) => void): Promise<void> {
     const requestId = this.#nextRequest++;
     return new Promise<void>((resolve, reject) => {
-      this.#pending.set(requestId, { resolve, reject });
+      this.#pending.set(requestId, { resolve, reject, context });
       try {
         send(requestId);
       } catch (error) {
@@ -50,7 +78,8 @@ export class SpliceBackend implements Backend {
 
   async add(spec: ResolvedMapping): Promise<{ id: number; port: number }> {
     let result = { id: 0, port: 0 };
-    await this.#request((requestId) => {
+    const context = { command: 'add', address: spec.listen.host, port: spec.listen.port };
+    await this.#request(context, (requestId) => {
       result = this.#native.add(requestId, {
         proto: spec.proto,
         listenHost: spec.listen.host,
@@ -64,18 +93,21 @@ export class SpliceBackend implements Backend {
         udpMaxFlows: spec.udpMaxFlows,
         keepAlive: spec.keepAlive,
       });
+      context.port = result.port;
     });
     return result;
   }
 
   stopListening(id: number): Promise<void> {
-    return this.#request((requestId) => this.#native.stopListening(requestId, id));
+    return this.#request({ command: 'stopListening' }, (requestId) =>
+      this.#native.stopListening(requestId, id),
+    );
   }
 
   remove(id: number): Promise<void> {
     // The engine stops every mapping on close, and would answer ENOENT for this one.
     if (this.#closing) return Promise.resolve();
-    return this.#request((requestId) => this.#native.remove(requestId, id));
+    return this.#request({ command: 'remove' }, (requestId) => this.#native.remove(requestId, id));
   }
 
   close(): Promise<void> {

@@ -115,3 +115,19 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+test('an error found later on an engine thread has code, errno, syscall and the address', async () => {
+  const { engineError } = await import('../dist/splice-engine.js');
+  const error = engineError(-12, { command: 'add', address: '127.0.0.1', port: 8080 });
+  assert.ok(isPortspliceError(error));
+  assert.equal(error.code, 'ENOMEM');
+  assert.equal(error.errno, -12);
+  assert.equal(error.syscall, 'add');
+  assert.equal(error.address, '127.0.0.1');
+  assert.equal(error.port, 8080);
+  assert.equal(error.message, 'add ENOMEM 127.0.0.1:8080');
+  const bare = engineError(-2, { command: 'remove' });
+  assert.equal(bare.code, 'ENOENT');
+  assert.equal('address' in bare, false);
+  assert.equal(engineError(-99999, { command: 'remove' }).code, 'UNKNOWN');
+});

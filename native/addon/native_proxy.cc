@@ -69,15 +69,15 @@ NativeProxy::NativeProxy(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   // Workers post completions from their threads; the queue is unbounded, so a worker
   // never blocks on JavaScript.
   Completions tsfn = completions_;
-  int rc = engine_.start(options, [tsfn](uint64_t request, int result) {
+  ps::Error started = engine_.start(options, [tsfn](uint64_t request, int result) {
     // Request 0 is a stop that nobody waits for (ShutdownNow): nothing to deliver.
     if (request == 0) return;
     auto* completion = new Completion{request, result};
     if (tsfn.NonBlockingCall(completion) != napi_ok) delete completion;
   });
-  if (rc < 0) {
+  if (started.code < 0) {
     ReleaseCompletions();
-    SystemError(env, {rc, "pthread_create"}, "", 0).ThrowAsJavaScriptException();
+    SystemError(env, started, "", 0).ThrowAsJavaScriptException();
     return;
   }
   napi_add_env_cleanup_hook(env, &NativeProxy::OnEnvironmentCleanup, this);
@@ -96,7 +96,8 @@ void NativeProxy::RemoveCleanupHook(napi_env env) {
 }
 
 void NativeProxy::ReleaseCompletions() {
-  if (completions_released_) return;
+  // Not made when the constructor refused its arguments (the object is destroyed then).
+  if (completions_released_ || static_cast<napi_threadsafe_function>(completions_) == nullptr) return;
   completions_released_ = true;
   completions_.Release();
 }

@@ -336,14 +336,17 @@ int main(int argc, char** argv) {
     engine_options.threads = static_cast<int>(n);
   }
   ps::Engine engine;
-  int rc = engine.start(engine_options, [&completion](uint64_t request, int result) {
+  ps::Error started = engine.start(engine_options, [&completion](uint64_t request, int result) {
     if (request != kAddRequest) return;
     completion.add_result.store(result, std::memory_order_release);
     uint64_t one = 1;
     ssize_t written = write(completion.event_fd, &one, sizeof one);
     (void)written;  // The counter cannot overflow with one write; poll sees it.
   });
-  if (rc < 0) return fail(&status, "cannot start the engine: " + describe_errno(rc));
+  if (started.code < 0) {
+    return fail(&status,
+                std::string("cannot start the engine: ") + started.syscall + ": " + describe_errno(started.code));
+  }
 
   uint32_t id = 0;
   uint16_t port = 0;
@@ -353,7 +356,7 @@ int main(int argc, char** argv) {
   if (added.code < 0) {
     return fail(&status, "failed to listen on " + where + ": " + added.syscall + ": " + describe_errno(added.code));
   }
-  rc = wait_until_served(completion, signal_fd.get());
+  int rc = wait_until_served(completion, signal_fd.get());
   if (rc == 1) return 0;  // Stopped before it was ready: dockerd is shutting down.
   if (rc < 0) return fail(&status, "failed to serve " + where + ": " + describe_errno(rc));
   status.report_ready();

@@ -113,43 +113,44 @@ Engine::~Engine() {
   join();
 }
 
-int Engine::start(const EngineOptions& options, CompletionFn on_complete) {
-  if (started_) return -EALREADY;
-  if (options.threads < kAutoThreads || options.threads > kMaxThreads) return -EINVAL;
+Error Engine::start(const EngineOptions& options, CompletionFn on_complete) {
+  if (started_) return {-EALREADY, "start"};
+  if (options.threads < kAutoThreads || options.threads > kMaxThreads) return {-EINVAL, "start"};
   options_ = options;
   max_threads_ = options.threads == kAutoThreads ? cpu_limit() : options.threads;
   on_complete_ = std::move(on_complete);
   started_ = true;
   int initial = options.threads == kAutoThreads ? 1 : options.threads;
-  int rc = 0;
+  Error error;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (int i = 0; i < initial && rc == 0; i++) add_worker(&rc);
+    for (int i = 0; i < initial && error.code == 0; i++) add_worker(&error);
   }
-  if (rc < 0) {
+  if (error.code < 0) {
     // Undo: the workers already running exit and are joined.
     stop(0);
     join();
     started_ = false;
     stopping_ = false;
   }
-  return rc;
+  return error;
 }
 
-Worker* Engine::add_worker(int* error) {
+Worker* Engine::add_worker(Error* error) {
   int index = static_cast<int>(workers_.size());
   auto worker = std::make_unique<Worker>(index, options_, &on_complete_, this);
-  int rc = worker->init();
+  *error = worker->init();
   // The new worker serves the TCP mappings from the start, and draining ones keep its
   // place for their sessions. UDP mappings stay with their owners.
   for (const auto& entry : mappings_) {
-    if (rc < 0) break;
-    if (entry.second.mapping->config().proto == Proto::kTcp)
-      rc = worker->adopt_mapping(entry.second.mapping, entry.second.listening);
+    if (error->code < 0) break;
+    if (entry.second.mapping->config().proto == Proto::kTcp) {
+      int rc = worker->adopt_mapping(entry.second.mapping, entry.second.listening);
+      if (rc < 0) *error = {rc, "epoll_ctl"};
+    }
   }
-  if (rc == 0) rc = worker->spawn();
-  *error = rc;
-  if (rc < 0) return nullptr;
+  if (error->code == 0) *error = worker->spawn();
+  if (error->code < 0) return nullptr;
   workers_.push_back(std::move(worker));
   thread_count_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   return workers_.back().get();
@@ -173,7 +174,7 @@ Worker* Engine::spare_worker(Worker* busy, int spare_permille, int64_t now_ms, i
   *load = 0;
   if (static_cast<int>(workers_.size()) >= max_threads_) return nullptr;
   // A failure (no memory, no thread) leaves the engine as it was.
-  int error = 0;
+  Error error;
   return add_worker(&error);
 }
 

@@ -30,7 +30,7 @@ class Engine {
   // Starts the worker threads: `options.threads` of them, or one for kAutoThreads, which
   // adds workers under load up to cpu_limit(). Returns 0 or a negative errno (nothing
   // is left running).
-  int start(const EngineOptions& options, CompletionFn on_complete);
+  Error start(const EngineOptions& options, CompletionFn on_complete);
 
   // The CPUs this process may run on: its affinity mask, lowered by a cgroup CPU quota
   // (v2 cpu.max, v1 cpu.cfs_quota_us) on its cgroup or an ancestor; 1 to kMaxThreads.
@@ -88,7 +88,7 @@ class Engine {
 
   // Adds a worker; with mutex_ held. Returns it, or nullptr with `*error` set (nothing
   // is left running).
-  Worker* add_worker(int* error);
+  Worker* add_worker(Error* error);
   // With mutex_ held.
   void broadcast(Command::Kind kind, const std::shared_ptr<Mapping>& mapping, uint32_t id, uint64_t request);
 

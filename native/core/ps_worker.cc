@@ -62,18 +62,20 @@ Worker::~Worker() {
   free_retired();
 }
 
-int Worker::init() {
+Error Worker::init() {
   int rc = loop_.init();
-  if (rc < 0) return rc;
+  if (rc < 0) return {rc, "epoll_create1"};
   int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (fd < 0) return -errno;
+  if (fd < 0) return {-errno, "eventfd"};
   wake_fd_.reset(fd);
   wake_watcher_.fd = fd;
   wake_watcher_.handler = this;
-  return loop_.watch(&wake_watcher_, EPOLLIN);
+  rc = loop_.watch(&wake_watcher_, EPOLLIN);
+  if (rc < 0) return {rc, "epoll_ctl"};
+  return {};
 }
 
-int Worker::spawn() {
+Error Worker::spawn() {
   // Block every signal in the engine thread: SIGPIPE from splice(2) to a reset peer
   // must not kill the process, and SIGINT/SIGTERM belong to the embedding program.
   sigset_t all, previous;
@@ -81,14 +83,14 @@ int Worker::spawn() {
   pthread_sigmask(SIG_SETMASK, &all, &previous);
   int rc = pthread_create(&thread_, nullptr, &Worker::thread_main, this);
   pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-  if (rc != 0) return -rc;
+  if (rc != 0) return {-rc, "pthread_create"};
   started_ = true;
   // Named for top -H and /proc/PID/task/*/comm: "portsplice-0", "portsplice-1", ... Set
   // here rather than by the thread, so that the name is there when spawn() returns.
   char name[16];
   snprintf(name, sizeof name, "portsplice-%d", index_);
   pthread_setname_np(thread_, name);
-  return 0;
+  return {};
 }
 
 void Worker::join() {

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <vector>
 
+#include "ps_error.h"
 #include "ps_fd.h"
 #include "ps_list.h"
 #include "ps_loop.h"
@@ -66,10 +67,11 @@ class Worker final : public EventHandler {
   Worker(int index, const EngineOptions& options, const CompletionFn* on_complete, Engine* engine);
   ~Worker();
 
-  // Creates the epoll set and the wake-up eventfd. Returns 0 or a negative errno.
-  int init();
-  // Starts the thread with every signal blocked (SIGPIPE above all). Returns 0 or -errno.
-  int spawn();
+  // Creates the epoll set and the wake-up eventfd. Returns no error, or the failing call's.
+  Error init();
+  // Starts the thread with every signal blocked (SIGPIPE above all). Returns no error, or
+  // pthread_create's.
+  Error spawn();
   void join();
 
   // Before spawn(), on the thread that creates the worker: serves a TCP mapping that the

@@ -583,10 +583,10 @@ int run(int seconds, int threads, bool forks) {
     if (threads == ps::kAutoThreads) options.busy_permille = 0;
     options.max_pipes = 8;  // Beyond 8 bursts in flight a thread copies: both paths run.
     options.max_idle_pipes = 4;
-    int rc =
+    ps::Error started =
         engine.start(options, [&completions](uint64_t request, int result) { completions.complete(request, result); });
-    if (rc < 0) {
-      fail("start", ps::errno_name(rc));
+    if (started.code < 0) {
+      fail(started.syscall, ps::errno_name(started.code));
       return 1;
     }
     Control control(&engine, &engine_mutex, &completions, &directory, &totals);
@@ -625,6 +625,7 @@ int run(int seconds, int threads, bool forks) {
     // Stop the engine with its mappings in place and traffic still running through them:
     // the workers reset the connections and close everything.
     directory.retire_all();
+    int rc;
     {
       std::lock_guard<std::mutex> lock(engine_mutex);
       threads_at_end = engine.thread_count();
