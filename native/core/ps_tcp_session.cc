@@ -54,6 +54,15 @@ int socket_error(int fd) {
 // or a timestamp-less TIME_WAIT 4-tuple) fails connect() with EADDRNOTAVAIL: a new socket
 // and the next port. After a bounded number of tries the kernel chooses, and if it finds
 // nothing the connection fails like any other (the client is reset, `failed` counts it).
+//
+// Only odd ports are ever bound. A port bound explicitly has a bind bucket that connect()'s
+// own search skips outright (fastreuse >= 0 in __inet_hash_connect), for every destination,
+// while the socket or its TIME_WAIT lives: binding across the whole range under churn left
+// every other program in the namespace (a proxy to another target, the host's own outgoing
+// connections) with no port at all for 60 s. Since Linux 4.2 connect() scans even ports
+// first and bind(0) prefers odd ones (commit 07f4c90062f8), so the even half stays the
+// kernel's; half the range is plenty here, since a port is reused at once for the next
+// connection to the same target whatever its TIME_WAIT (see above).
 constexpr int kMaxBindTries = 16;
 constexpr int kMaxConnectTries = 4;
 
@@ -66,16 +75,18 @@ class SourcePorts {
     return ports;
   }
 
-  // The usable port after *cursor, which moves on to it; never `avoid` (the target's own
-  // port: on loopback, a socket bound to it would connect to itself).
+  // The usable odd port after *cursor, which moves on to it; never `avoid` (the target's
+  // own port: on loopback, a socket bound to it would connect to itself).
   uint16_t next(uint32_t* cursor, uint16_t avoid) const {
-    uint32_t span = high_ - low_ + 1;
+    uint32_t first = low_ | 1;  // The first odd port of the range.
+    if (first > high_) return 0;
+    uint32_t span = (high_ - first) / 2 + 1;  // Odd ports in the range.
     for (uint32_t i = 0; i < span; i++) {
       *cursor = (*cursor + 1) % span;
-      uint32_t port = low_ + *cursor;
+      uint32_t port = first + 2 * *cursor;
       if (port != avoid && !reserved(port)) return static_cast<uint16_t>(port);
     }
-    return 0;  // Every port is reserved: let the kernel choose.
+    return 0;  // Every odd port is reserved: let the kernel choose.
   }
 
  private:
