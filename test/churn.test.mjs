@@ -23,6 +23,26 @@ const CONNECTIONS = 12000;
 const SLICE = 2000;
 const PORTS = '40000 41999';
 
+/**
+ * Runs `script` (an ES module, with `args`) in a network namespace of its own (`unshare -n`)
+ * with loopback up and the given sysctls, e.g. ['net.ipv4.tcp_tw_reuse=0'].
+ */
+function spawnInNamespace(sysctls, script, args = []) {
+  const setup = ['ip link set lo up', ...sysctls.map((s) => `sysctl -qw ${s}`), 'exec "$@"'].join(' && ');
+  return spawnChild('unshare', [
+    '-n',
+    'sh',
+    '-c',
+    setup,
+    'sh',
+    process.execPath,
+    '--input-type=module',
+    '-e',
+    script,
+    ...args.map(String),
+  ]);
+}
+
 function skipReason() {
   if (process.getuid?.() !== 0) return 'needs root, for a network namespace of its own';
   try {
@@ -85,25 +105,11 @@ test(
   `${CONNECTIONS} sequential client-closes-first connections over ${PORTS.replace(' ', '-')}, tcp_tw_reuse=0`,
   { skip: skipReason() ?? false, timeout: 180000 },
   async (t) => {
-    const setup = [
-      'ip link set lo up',
-      'sysctl -qw net.ipv4.tcp_tw_reuse=0',
-      `sysctl -qw net.ipv4.ip_local_port_range="${PORTS}"`,
-      'exec "$@"',
-    ].join(' && ');
-    const child = spawnChild('unshare', [
-      '-n',
-      'sh',
-      '-c',
-      setup,
-      'sh',
-      process.execPath,
-      '--input-type=module',
-      '-e',
+    const child = spawnInNamespace(
+      ['net.ipv4.tcp_tw_reuse=0', `net.ipv4.ip_local_port_range="${PORTS}"`],
       CHILD,
-      String(CONNECTIONS),
-      String(SLICE),
-    ]);
+      [CONNECTIONS, SLICE],
+    );
     const line = (await child.waitLine(/^RESULT (.*)$/, 170000))[1];
     const result = JSON.parse(line);
     const what = JSON.stringify(result);
@@ -172,22 +178,7 @@ test(
   'ports with listeners are skipped; with every port taken the client is reset at once',
   { skip: skipReason() ?? false, timeout: 60000 },
   async () => {
-    const setup = [
-      'ip link set lo up',
-      'sysctl -qw net.ipv4.ip_local_port_range="40000 40009"',
-      'exec "$@"',
-    ].join(' && ');
-    const child = spawnChild('unshare', [
-      '-n',
-      'sh',
-      '-c',
-      setup,
-      'sh',
-      process.execPath,
-      '--input-type=module',
-      '-e',
-      EDGES,
-    ]);
+    const child = spawnInNamespace(['net.ipv4.ip_local_port_range="40000 40009"'], EDGES);
     const result = JSON.parse((await child.waitLine(/^RESULT (.*)$/, 50000))[1]);
     const what = JSON.stringify(result);
     assert.deepEqual(result.held, [true, true, true, true, true], what);
