@@ -234,6 +234,24 @@ export async function expectRefused(port, host = V4, what = `${host}:${port}`) {
 }
 
 /**
+ * Expect host:port to start refusing within `withinMs`. For a listener an engine thread
+ * closes after the call that asked for it returned: a connect sent in between is still
+ * accepted (or lands in the backlog and is reset), so this retries until one is refused.
+ */
+export async function expectRefusedSoon(port, host = V4, what = `${host}:${port}`, withinMs = 1000) {
+  const deadline = Date.now() + withinMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await expectRefused(port, host, what);
+      return attempt;
+    } catch (error) {
+      if (Date.now() >= deadline) throw new Error(`${error.message} (still, ${withinMs} ms on)`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/**
  * Resolve `{ error, ms }` when `socket` emits 'close' (error is the first socket error, if any).
  * Bounded by `timeout`.
  */
