@@ -11,7 +11,14 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { cleanupAll, installCleanupHandlers } from './lib/cleanup.mjs';
-import { findDockerProxy, METHODS, PROXY_METHODS, probeSplice } from './lib/methods.mjs';
+import {
+  findDockerProxy,
+  METHODS,
+  methodNamed,
+  PROXY_METHODS,
+  probeSplice,
+  upgradeMethodIds,
+} from './lib/methods.mjs';
 import { Progress } from './lib/progress.mjs';
 import { analyse, chartSpec, markdown, renderSvg, targetsTable } from './lib/report.mjs';
 import { CONFIGS, debianVersion, runSuite, testPlan } from './lib/suite.mjs';
@@ -70,7 +77,7 @@ async function writeReport(prefix, results) {
 
 if (values.report) {
   const prefix = values.report.replace(/\.json$/, '');
-  const results = JSON.parse(readFileSync(`${prefix}.json`, 'utf8'));
+  const results = upgradeMethodIds(JSON.parse(readFileSync(`${prefix}.json`, 'utf8')));
   await writeReport(prefix, results);
   writeFileSync(`${prefix}.json`, `${JSON.stringify(results, null, 2)}\n`);
   console.log(`rewrote ${prefix}.md, ${prefix}.svg (and the analysis in ${prefix}.json)`);
@@ -102,10 +109,18 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const outPrefix = values.out ?? path.join(here, 'results', mode === 'quick' ? 'quick' : 'latest');
 const log = (text) => process.stderr.write(`${text}\n`);
 
-const methods = values.methods ? values.methods.split(',') : METHODS.map((m) => m.id);
-for (const m of methods) {
-  if (!METHODS.some((x) => x.id === m)) throw new Error(`unknown method "${m}"`);
-}
+const methods = values.methods
+  ? [
+      ...new Set(
+        values.methods.split(',').map((name) => {
+          const method = methodNamed(name.trim());
+          if (!method)
+            throw new Error(`unknown method "${name}" (the methods: ${METHODS.map((m) => m.id).join(', ')})`);
+          return method.id;
+        }),
+      ),
+    ]
+  : METHODS.map((m) => m.id);
 const allTests = testPlan(cfg);
 const testIds = values.tests ? values.tests.split(',') : [...allTests.map((t) => t.id), 'memory', 'micro'];
 for (const t of testIds) {

@@ -31,25 +31,49 @@ const HOST_SCRIPT = fileURLToPath(new URL('./proxy-host.mjs', import.meta.url));
 export const BINARY = fileURLToPath(new URL('build/Release/portsplice-docker-proxy', ROOT));
 const DIST = fileURLToPath(new URL('dist/index.js', ROOT));
 
+// One name per method: `short` is what the tables, the chart and the README call it, and `id`
+// is the same name as `--methods` takes it (lower case, a hyphen for the space); `about` only
+// describes it, in the reports' list of methods.
 export const METHODS = [
-  { id: 'direct', label: 'direct (no proxy)', short: 'direct', kind: 'direct' },
-  { id: 'nat', label: 'kernel NAT (iptables DNAT)', short: 'kernel NAT', kind: 'nat' },
-  { id: 'splice', label: 'portsplice splice engine (addon)', short: 'splice', kind: 'engine' },
-  { id: 'binary', label: 'portsplice-docker-proxy (native drop-in)', short: 'drop-in', kind: 'external' },
-  { id: 'stream', label: 'portsplice stream engine (Node streams)', short: 'stream', kind: 'engine' },
-  { id: 'docker-proxy', label: 'docker-proxy (Docker 20.10+)', short: 'docker-proxy', kind: 'external' },
+  { id: 'direct', about: 'no proxy: the limit', short: 'direct', kind: 'direct' },
+  {
+    id: 'kernel-nat',
+    about: "iptables DNAT, Docker's userland-proxy: false",
+    short: 'kernel NAT',
+    kind: 'nat',
+  },
+  { id: 'splice', about: "the library's splice engine, in a Node process", short: 'splice', kind: 'engine' },
+  { id: 'drop-in', about: 'portsplice-docker-proxy, the native binary', short: 'drop-in', kind: 'external' },
+  { id: 'stream', about: "the library's stream engine, Node streams", short: 'stream', kind: 'engine' },
+  { id: 'docker-proxy', about: "Docker's own, run with its flags", short: 'docker-proxy', kind: 'external' },
   {
     id: 'haproxy',
-    label: 'HAProxy (mode tcp, splice-auto)',
+    about: 'mode tcp, splice-auto',
     short: 'HAProxy',
     kind: 'peer',
     noUdp: 'HAProxy forwards no UDP',
   },
-  { id: 'socat', label: 'socat (fork per connection)', short: 'socat', kind: 'peer' },
+  { id: 'socat', about: 'fork per connection', short: 'socat', kind: 'peer' },
 ];
 
 /** The proxies that run as a process of their own (memory and CPU apply to them). */
-export const PROXY_METHODS = ['splice', 'binary', 'stream', 'docker-proxy', 'haproxy', 'socat'];
+export const PROXY_METHODS = ['splice', 'drop-in', 'stream', 'docker-proxy', 'haproxy', 'socat'];
+
+/** The ids of results files written before the names were unified. */
+const OLD_IDS = { nat: 'kernel-nat', binary: 'drop-in' };
+
+/** The method named `name` (its id, or an id of an older results file), or undefined. */
+export function methodNamed(name) {
+  const id = OLD_IDS[name] ?? name;
+  return METHODS.find((m) => m.id === id);
+}
+
+/** Renames, in place, the method ids of a results file written before the names were unified. */
+export function upgradeMethodIds(results) {
+  for (const list of [...(results.places ?? []).map((p) => p.methods), results.memory?.methods])
+    for (const m of list ?? []) m.id = OLD_IDS[m.id] ?? m.id;
+  return results;
+}
 
 /** Where Docker's docker-proxy is installed, if it is. */
 export function findDockerProxy() {
@@ -147,14 +171,14 @@ export function skipReason(method, place, env) {
   switch (method.id) {
     case 'direct':
       return null;
-    case 'nat':
+    case 'kernel-nat':
       return place.natSkip;
     case 'splice':
       if (!existsSync(DIST)) return 'dist/ is not built (npm run build:ts)';
       return env.spliceSkip;
     case 'stream':
       return existsSync(DIST) ? null : 'dist/ is not built (npm run build:ts)';
-    case 'binary':
+    case 'drop-in':
       return existsSync(BINARY) ? null : `${BINARY} is not built (npm install builds it)`;
     case 'docker-proxy':
       return env.dockerProxy
@@ -238,7 +262,7 @@ export async function startMethod(method, place, services, env) {
   }
   if (method.kind === 'peer') return startPeer(method, place, services, env, endpoints);
   // external: one process per port and protocol, as dockerd runs them.
-  const path = method.id === 'binary' ? BINARY : env.dockerProxy;
+  const path = method.id === 'drop-in' ? BINARY : env.dockerProxy;
   const children = [];
   try {
     for (const s of services) {

@@ -3,9 +3,10 @@
 // (vega-lite compiled to a vega view rendered to SVG in Node, no browser).
 import * as vega from 'vega';
 import { compile } from 'vega-lite';
-import { METHODS } from './methods.mjs';
+import { METHODS, methodNamed } from './methods.mjs';
 
-const short = (id) => METHODS.find((m) => m.id === id)?.short ?? id;
+/** A method's one name in every table and the chart. */
+const short = (id) => methodNamed(id)?.short ?? id;
 
 /** The figures the comparisons use, per method, from one place's results. */
 export function headline(methodEntry) {
@@ -98,7 +99,7 @@ export const TARGETS = [
     methods: ['splice'],
   },
 ];
-const TARGET_METHODS = ['splice', 'binary'];
+const TARGET_METHODS = ['splice', 'drop-in'];
 
 /** Ratios and target verdicts for every place. */
 export function analyse(results) {
@@ -227,7 +228,8 @@ function placeTables(place, analysis, cfg) {
   const a = analysis.find((x) => x.place === place.id);
   const n = cfg.streams > 1 ? cfg.streams : null;
   const parts = [];
-  const label = (m) => (m.skipped ? `${m.label} — skipped` : m.error ? `${m.label} — error` : m.label);
+  const label = (m) =>
+    m.skipped ? `${short(m.id)} — skipped` : m.error ? `${short(m.id)} — error` : short(m.id);
 
   const bulkHeader = ['method', 'bulk ×1 Gbit/s', 'proxy CPU s/GB ×1'];
   if (n) bulkHeader.push(`bulk ×${n} Gbit/s`, `proxy CPU s/GB ×${n}`);
@@ -377,7 +379,7 @@ function placeTables(place, analysis, cfg) {
         ['method', ...metrics.map((m) => m.label.replace('×N', `×${n}`))],
         place.methods
           .filter((m) => !m.skipped && !m.error)
-          .map((m) => [m.label, ...metrics.map(({ key }) => ratioCell(a.ratios[m.id][key]))]),
+          .map((m) => [short(m.id), ...metrics.map(({ key }) => ratioCell(a.ratios[m.id][key]))]),
       ),
   );
   return parts.join('\n\n');
@@ -388,11 +390,11 @@ function issues(results) {
   for (const place of results.places) {
     if (place.error) lines.push(`- ${place.id}: ${place.error}`);
     for (const m of place.methods) {
-      if (m.skipped) lines.push(`- ${place.id} › ${m.label}: skipped, ${m.skipped}`);
-      if (m.error) lines.push(`- ${place.id} › ${m.label}: ${m.error}`);
+      if (m.skipped) lines.push(`- ${place.id} › ${short(m.id)}: skipped, ${m.skipped}`);
+      if (m.error) lines.push(`- ${place.id} › ${short(m.id)}: ${m.error}`);
       for (const [test, r] of Object.entries(m.results ?? {})) {
-        if (r.skipped) lines.push(`- ${place.id} › ${m.label} › ${test}: skipped, ${r.skipped}`);
-        if (r.error) lines.push(`- ${place.id} › ${m.label} › ${test}: error, ${r.error}`);
+        if (r.skipped) lines.push(`- ${place.id} › ${short(m.id)} › ${test}: skipped, ${r.skipped}`);
+        if (r.error) lines.push(`- ${place.id} › ${short(m.id)} › ${test}: error, ${r.error}`);
       }
     }
   }
@@ -549,7 +551,10 @@ export function markdown(results, analysis) {
         ? `\n- net.ipv4.tcp_tw_reuse: ${Object.entries(results.tcpTwReuse)
             .map(([k, v]) => `${k} ${v ?? '?'}`)
             .join(', ')} (the host keeps the kernel's default; only the client's namespace reuses).`
-        : ''),
+        : '') +
+      `\n- Methods, by the names the tables use (\`--methods\` takes them in lower case, a hyphen for the space): ${METHODS.map(
+        (m) => `${m.short} (${m.about})`,
+      ).join(', ')}.`,
   );
   out.push('## Targets\n\n' + targetsTable(results, analysis) + targetNotes(results));
   const fractions = directFractions(results, analysis);
@@ -572,12 +577,12 @@ export function markdown(results, analysis) {
       const e = m.results?.eld;
       if (!e) continue;
       if (e.error || e.skipped) {
-        eldRows.push([place.id, m.label, e.error ? 'error' : 'skipped', '', '', '', '', '', '', '']);
+        eldRows.push([place.id, short(m.id), e.error ? 'error' : 'skipped', '', '', '', '', '', '', '']);
         continue;
       }
       eldRows.push([
         place.id,
-        m.label,
+        short(m.id),
         num(e.idle.p99Ms, 3),
         num(e.loaded.p50Ms, 3),
         num(e.loaded.p99Ms, 3),
@@ -632,9 +637,9 @@ export function markdown(results, analysis) {
           ],
           results.memory.methods.map((m) =>
             m.skipped || m.error
-              ? [METHODS.find((x) => x.id === m.id).label, m.skipped ? 'skipped' : 'error', '', '', '', '']
+              ? [short(m.id), m.skipped ? 'skipped' : 'error', '', '', '', '']
               : [
-                  METHODS.find((x) => x.id === m.id).label,
+                  short(m.id),
                   int(m.idleKb),
                   int(m.loadedKb),
                   num(m.perConnKb),

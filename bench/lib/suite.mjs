@@ -649,11 +649,11 @@ export async function runSuite({
     const running = [];
     try {
       for (const [index, method] of methodList.entries()) {
-        const entry = { id: method.id, label: method.label, results: {} };
+        const entry = { id: method.id, results: {} };
         placeResult.methods.push(entry);
         entry.skipped = skipReason(method, place, env) ?? undefined;
         if (entry.skipped) {
-          progress.log(`  ${method.label}: skipped, ${entry.skipped}`);
+          progress.log(`  ${method.short}: skipped, ${entry.skipped}`);
           continue;
         }
         try {
@@ -666,7 +666,7 @@ export async function runSuite({
           running.push({ method, entry, instance: await startMethod(method, place, services, env) });
         } catch (error) {
           entry.error = `did not start: ${error.message}`;
-          progress.log(`  ${method.label}: ${entry.error}`);
+          progress.log(`  ${method.short}: ${entry.error}`);
         }
       }
       const runs = new Map(); // "method/test" -> the results of each round
