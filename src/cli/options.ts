@@ -65,7 +65,7 @@ export type OptionDef =
     });
 
 /** An integer's text as a number, anything else as it is: the library says what is wrong with it. */
-const integer = (text: string): unknown => (/^[+-]?\d+$/.test(text) ? Number(text) : text);
+const integer = (text: string): unknown => (/^[+-]?\d+(\.\d+)?$/.test(text) ? Number(text) : text);
 
 /** Seconds (decimals allowed) from `min` to MAX_SECONDS, as flag text or a JSON number. */
 function seconds(value: unknown, where: string, min: number): number {

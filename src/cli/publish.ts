@@ -104,10 +104,13 @@ export function parsePortSpec(
       `${what}: too many ':' (IPv6 addresses must be in brackets, e.g. [::1]:8080:[::1]:80)`,
     );
   }
-  if (fields.length < 3) {
+  // Three fields whose first is an address, not a port: HOST_IP:HOST_PORT:TARGET_PORT, Docker's
+  // own form, which has no target address.
+  const port = /^[\d-]*$/;
+  if (fields.length < 3 || (fields.length === 3 && !port.test(fields[0]!) && port.test(fields[1]!))) {
     throw new UsageError(
       `${what}: expected [HOST_IP:][HOST_PORT]:TARGET_IP:TARGET_PORT` +
-        (fields.length === 2 ? ' (the target address is missing)' : ''),
+        (fields.length > 1 ? ' (the target address is missing)' : ''),
     );
   }
   const [hostIp, hostPort, targetIp, targetPort] = fields.length === 4 ? fields : ['', ...fields];
