@@ -5,6 +5,7 @@
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -24,6 +25,9 @@ import {
   pingEcho,
   closeServers,
 } from './helpers.mjs';
+import { createProxy } from '../dist/index.js';
+import { parsePortSpec } from '../dist/cli/publish.js';
+import { openSpec } from '../dist/cli/reload.js';
 import {
   spawnCli,
   startCli,
@@ -132,6 +136,52 @@ describe('forwarding', () => {
     const got = await exchange(first + 1, V4, Buffer.from('range'), { keep: true });
     assert.equal(got.data.toString(), 'range');
     assert.equal((await stopCli(child)).code, 0);
+  });
+
+  test('a dual-stack host range: a port taken on [::] only is given up on both, the next one taken', async (t) => {
+    const echo = await echoServer();
+    const first = await freeRange(3);
+    // Taken on [::] only (IPV6_V6ONLY): 0.0.0.0:first binds, then [::]:first fails.
+    const busy = net.createServer();
+    await new Promise((resolve, reject) => {
+      busy.once('error', reject);
+      busy.listen({ host: '::', port: first, ipv6Only: true }, resolve);
+    });
+    t.after(() => busy.close());
+    const { child, ports } = await startCli(['-p', `${first}-${first + 2}:${V4}:${echo.port}`], 2);
+    assert.deepEqual(ports, [first + 1, first + 1], child.describe());
+    assert.ok(await canBind(first), `${first} on 127.0.0.1 was let go again`);
+    for (const host of [V4, V6]) {
+      const got = await exchange(first + 1, host, Buffer.from('next'), { keep: true });
+      assert.equal(got.data.toString(), 'next');
+    }
+    assert.equal((await stopCli(child)).code, 0);
+  });
+
+  test('without IPv6 (socket(AF_INET6) fails with EAFNOSUPPORT under ipv6.disable=1), no host IP means IPv4 only, said in the log', async (t) => {
+    const echo = await echoServer();
+    const proxy = createProxy({ engine: 'splice' });
+    t.after(() => proxy.close());
+    // The kernel's answer on such a host, for the [::] listener only; everything else is real.
+    const noIpv6 = {
+      add: (o) =>
+        o.listen.host === '::'
+          ? Promise.reject(Object.assign(new Error('socket EAFNOSUPPORT'), { code: 'EAFNOSUPPORT' }))
+          : proxy.add(o),
+      remove: (m) => proxy.remove(m),
+    };
+    const [spec] = parsePortSpec(`:${V4}:${echo.port}`);
+    const notes = [];
+    const opened = await openSpec(noIpv6, spec, false, (line) => notes.push(line));
+    assert.deepEqual(
+      opened.map((m) => m.listen.host),
+      ['0.0.0.0'],
+    );
+    const got = await exchange(opened[0].listen.port, V4, Buffer.from('v4 only'), { keep: true });
+    assert.equal(got.data.toString(), 'v4 only');
+    assert.deepEqual(notes, [
+      `tcp 0.0.0.0:0 and [::]:0 -> ${V4}:${echo.port}: IPv6 is not available here (EAFNOSUPPORT); listening on IPv4 only`,
+    ]);
   });
 
   test("docker-proxy's flags are refused, naming the drop-in (exit 2)", async () => {
