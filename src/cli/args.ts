@@ -107,13 +107,12 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
     const def = BY_NAME.get(name);
     if (def === undefined) throw new UsageError(`unknown flag: ${arg.split('=')[0]}`);
     if (def.value === undefined) {
+      // A flag without a value is a boolean; its parser gets "true" or "false".
       const on = text === undefined ? true : flagBoolean(text, shown);
       if (def.key === 'help') options.help = on;
       else if (def.key === 'version') options.version = on;
-      else if (def.scope === 'command') Object.assign(settingFlags, { [def.key]: def.parse(on, shown) });
-      continue;
-    }
-    if (text === undefined) {
+      text = String(on);
+    } else if (text === undefined) {
       const next = argv[i + 1];
       if (next === undefined || (next.startsWith('-') && next.length > 1)) {
         throw new UsageError(`flag ${shown} needs a value`);
@@ -121,9 +120,10 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
       text = next;
       i++;
     }
-    const where = `${shown} ${text}`;
+    const where = def.value === undefined ? shown : `${shown} ${text}`;
     switch (def.scope) {
       case 'cli':
+        if (def.key === 'help' || def.key === 'version') break;
         if (def.key === 'publish') cliMappings.push(...parsePortSpec(text));
         else if (text === '') throw new UsageError(`flag ${shown} needs a file name`);
         else options.configFiles.push(text);

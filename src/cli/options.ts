@@ -4,9 +4,14 @@
  * checked by the library (src/config.ts); a parser here only turns the flag's text into the
  * value the library takes (seconds to milliseconds, "off" to false).
  *
- * To add a mapping option, add one entry with `scope: 'mapping'`, `key` its name in
- * MappingOptions, `proto` if it applies to one protocol only, and `parse` from the flag's
- * text; config files already take it inside each mapping (the library checks it there).
+ * To add a mapping option (once src/types.ts and validateMapping have it), add one entry:
+ *   { flag: 'max-connections', value: 'N', scope: 'mapping', key: 'maxConnections',
+ *     proto: 'tcp', parse: integer, help: 'Connections open at once per mapping.' }
+ * `proto` when it applies to one protocol only (the flag then reaches only those mappings);
+ * no `value` for a boolean flag (`parse` then gets "true" or "false"); `parse` turns the
+ * flag's text into the library's value and leaves the checking to the library. The help,
+ * the flag parser and the reload's "restart only" list follow from the entry; config files
+ * already take the option inside each mapping, as proxy.add() does.
  */
 import type { MappingOptions, ProxyOptions, Proto } from '../types.js';
 import { parseListenAddress } from './endpoint.js';
@@ -107,8 +112,10 @@ function keepAlive(text: string, where: string): MappingOptions['keepAlive'] {
   };
 }
 
+/** A JSON boolean, or the "true"/"false" the parser passes for a flag without a value. */
 function boolean(value: unknown, where: string): boolean {
   if (typeof value === 'boolean') return value;
+  if (value === 'true' || value === 'false') return value === 'true';
   throw new UsageError(`${where} must be true or false, got ${quote(value)}`);
 }
 
