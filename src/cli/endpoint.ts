@@ -3,8 +3,8 @@ import { isIP } from 'node:net';
 import { checkHost } from '../config.js';
 import { UsageError, located, quote } from './where.js';
 
-/** `host:port` with brackets around IPv6 addresses. */
-export function formatEndpoint(host: string, port: number): string {
+/** `host:port` with brackets around IPv6 addresses (`port` may be a range, `8000-8010`). */
+export function formatEndpoint(host: string, port: number | string): string {
   return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 

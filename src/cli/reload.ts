@@ -41,7 +41,12 @@ function canonical(value: unknown): string {
 export function mappingKeys(specs: readonly MappingSpec[]): string[] {
   const seen = new Map<string, number>();
   return specs.map((spec) => {
-    const base = canonical(spec.options);
+    // How it listens is part of it: 8080:... (IPv4 and IPv6) is not 0.0.0.0:8080:...
+    const base = canonical({
+      options: spec.options,
+      dualStack: spec.dualStack,
+      lastHostPort: spec.lastHostPort,
+    });
     const n = (seen.get(base) ?? 0) + 1;
     seen.set(base, n);
     return `${base}#${n}`;

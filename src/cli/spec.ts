@@ -23,7 +23,6 @@ export interface MappingSpec {
 export function describeSpec(spec: MappingSpec): string {
   const { proto, listen, target } = spec.options;
   const port = spec.lastHostPort === undefined ? `${listen.port}` : `${listen.port}-${spec.lastHostPort}`;
-  const host = listen.host ?? '0.0.0.0';
-  const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const where = formatEndpoint(listen.host ?? '0.0.0.0', port);
   return `${proto} ${where}${spec.dualStack ? ` and [::]:${port}` : ''} -> ${formatEndpoint(target.host, target.port)}`;
 }
