@@ -13,6 +13,14 @@
  * the flag parser and the reload's "restart only" list follow from the entry; config files
  * already take the option inside each mapping, as proxy.add() does.
  */
+import {
+  DEFAULT_BACKLOG,
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_KEEP_ALIVE,
+  DEFAULT_UDP_MAX_FLOWS,
+  DEFAULT_UDP_TIMEOUT_MS,
+  MAX_THREADS,
+} from '../config.js';
 import type { MappingOptions, ProxyOptions, Proto } from '../types.js';
 import { parseListenAddress } from './endpoint.js';
 import { UsageError, quote } from './where.js';
@@ -21,6 +29,10 @@ import { UsageError, quote } from './where.js';
 export const MAX_SECONDS = 86_400;
 export const MIN_INTERVAL = 0.05;
 export const DEFAULT_DRAIN_TIMEOUT = 10;
+/** Seconds between JSON lines when `--interval` is not given. */
+export const DEFAULT_JSON_INTERVAL = 10;
+/** Seconds between live-view refreshes when `--interval` is not given. */
+export const DEFAULT_LIVE_INTERVAL = 1;
 
 /** The command's own settings: from flags, or the top level of a config file. */
 export interface CommandSettings {
@@ -152,7 +164,7 @@ export const OPTIONS: readonly OptionDef[] = [
     parse: (text) => (text === 'auto' ? text : integer(text)),
     help:
       'Event-loop threads of the splice engine: auto (the default: one while idle, more under load, ' +
-      'up to the CPUs this process may use) or exactly N (1-64).',
+      `up to the CPUs this process may use) or exactly N (1-${MAX_THREADS}).`,
   },
   {
     flag: 'pipe-size',
@@ -160,7 +172,7 @@ export const OPTIONS: readonly OptionDef[] = [
     scope: 'proxy',
     key: 'pipeSize',
     parse: integer,
-    help: "Capacity of each pipe of the splice engine, 4096-1048576 (default 1 MiB as root, else the kernel's 64 KiB).",
+    help: "Capacity of each pipe of the splice engine (default 1 MiB as root, else the kernel's 64 KiB).",
   },
   {
     flag: 'max-pipes',
@@ -168,7 +180,7 @@ export const OPTIONS: readonly OptionDef[] = [
     scope: 'proxy',
     key: 'maxPipes',
     parse: integer,
-    help: 'Pipes in use per thread before copying instead (default 0: no limit but the kernel’s).',
+    help: "Pipes in use per thread before copying instead (default 0: no limit but the kernel's).",
   },
   {
     flag: 'connect-timeout',
@@ -177,7 +189,7 @@ export const OPTIONS: readonly OptionDef[] = [
     key: 'connectTimeoutMs',
     proto: 'tcp',
     parse: milliseconds,
-    help: 'Give up connecting to the target after this long (default 30).',
+    help: `Give up connecting to the target after this long (default ${DEFAULT_CONNECT_TIMEOUT_MS / 1000}).`,
   },
   {
     flag: 'backlog',
@@ -186,7 +198,7 @@ export const OPTIONS: readonly OptionDef[] = [
     key: 'backlog',
     proto: 'tcp',
     parse: integer,
-    help: 'Listen backlog, 1-65535 (default 4096, capped by net.core.somaxconn).',
+    help: `Listen backlog (default ${DEFAULT_BACKLOG}, capped by net.core.somaxconn).`,
   },
   {
     flag: 'keepalive',
@@ -195,7 +207,9 @@ export const OPTIONS: readonly OptionDef[] = [
     key: 'keepAlive',
     proto: 'tcp',
     parse: keepAlive,
-    help: 'Keep-alive on both sockets: seconds idle, seconds between probes, probes (default 15,15,9).',
+    help:
+      'Keep-alive on both sockets: seconds idle, seconds between probes, probes (default ' +
+      `${DEFAULT_KEEP_ALIVE.idleMs / 1000},${DEFAULT_KEEP_ALIVE.intervalMs / 1000},${DEFAULT_KEEP_ALIVE.count}).`,
   },
   {
     flag: 'udp-timeout',
@@ -204,7 +218,7 @@ export const OPTIONS: readonly OptionDef[] = [
     key: 'udpTimeoutMs',
     proto: 'udp',
     parse: milliseconds,
-    help: 'A flow expires after this long without a datagram either way (default 90).',
+    help: `A flow expires after this long without a datagram either way (default ${DEFAULT_UDP_TIMEOUT_MS / 1000}).`,
   },
   {
     flag: 'udp-max-flows',
@@ -213,7 +227,7 @@ export const OPTIONS: readonly OptionDef[] = [
     key: 'udpMaxFlows',
     proto: 'udp',
     parse: integer,
-    help: 'Flows kept per mapping; beyond it the least recently active goes (default 4096).',
+    help: `Flows kept per mapping; beyond it the least recently active goes (default ${DEFAULT_UDP_MAX_FLOWS}).`,
   },
   {
     flag: 'json',
@@ -231,7 +245,7 @@ export const OPTIONS: readonly OptionDef[] = [
     scope: 'command',
     key: 'interval',
     parse: (value, where) => seconds(value, where, MIN_INTERVAL),
-    help: 'Refresh period (default 1 for the live view, 10 with --json).',
+    help: `Refresh period (default ${DEFAULT_LIVE_INTERVAL} for the live view, ${DEFAULT_JSON_INTERVAL} with --json).`,
   },
   {
     flag: 'metrics',

@@ -12,7 +12,7 @@ import { parseArgs, type CliOptions } from './args.js';
 import { formatEndpoint } from './endpoint.js';
 import { HELP } from './help.js';
 import { SystemdNotifier } from './notify.js';
-import { OPTIONS } from './options.js';
+import { DEFAULT_JSON_INTERVAL, DEFAULT_LIVE_INTERVAL, OPTIONS } from './options.js';
 import { applyMappings, mappingKeys, openSpec, type LiveMapping } from './reload.js';
 import { describeSpec } from './spec.js';
 import { UsageError } from './where.js';
@@ -24,10 +24,6 @@ export interface Streams {
   stderr: NodeJS.WritableStream;
 }
 
-/** Seconds between JSON lines when `--interval` is not given. */
-export const DEFAULT_JSON_INTERVAL = 10;
-/** Seconds between live-view refreshes when `--interval` is not given. */
-export const DEFAULT_LIVE_INTERVAL = 1;
 /** How long past the drain timeout shutdown may take before the CLI gives up and exits 1. */
 const SHUTDOWN_GRACE_MS = 5000;
 
