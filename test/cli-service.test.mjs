@@ -176,6 +176,20 @@ test('SIGHUP keeps a -p string without host IP on IPv4 and IPv6; given 0.0.0.0 i
   assert.equal((await stopCli(child)).code, 0, child.describe());
 });
 
+test("SIGHUP: a file's engine and command settings take effect on restart only, and the log names those that changed", async () => {
+  const echo = await startEchoServer();
+  servers.push(echo);
+  const port = await freePort();
+  const file = path.join(tmp, 'settings.json');
+  writeConfig(file, [spec(port, echo.port)], { threads: 1, drainTimeout: 5, interval: 2 });
+  const { child } = await startCli(['--config', file], 1);
+  writeConfig(file, [spec(port, echo.port)], { threads: 2, drainTimeout: 7, interval: 2 });
+  child.kill('SIGHUP');
+  await nthLine(child, /^portsplice: SIGHUP: changes to threads, drainTimeout take effect on restart only$/);
+  await nthLine(child, /SIGHUP: reloaded .*: 1 unchanged, 0 added, 0 removed$/);
+  assert.equal((await stopCli(child)).code, 0, child.describe());
+});
+
 test('SIGHUP with a changed target on the same port moves new connections to it; a drain that times out says how many it reset', async () => {
   const one = await namedServer('one');
   const two = await namedServer('two');
