@@ -1,6 +1,9 @@
 /**
  * Validation and normalisation of user options. Every check names the field it rejects,
  * and nothing here has side effects, so a rejected call leaves nothing half-started.
+ * Every message begins with the field's path (`listen.port ...`, `keepAlive.idleMs ...`;
+ * `mapping` or `options` for the object itself): the command puts where the value came
+ * from in front of it (`file.json: mappings[2].listen.port ...`, see src/cli/where.ts).
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
@@ -56,7 +59,8 @@ function fail(Kind: ErrorConstructor, code: ErrorCode, message: string): never {
   throw error;
 }
 
-function describe(value: unknown): string {
+/** A value as error messages show it (strings quoted, objects by kind). */
+export function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);
   if (typeof value === 'bigint') return `${value}n`;
   if (value === null || typeof value !== 'object') return String(value);
@@ -162,7 +166,7 @@ const HOST_NAME =
   /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$/;
 
 /** Checks a host: an IP literal, or a syntactically valid DNS name (resolved later). */
-function checkHost(value: unknown, field: string): string {
+export function checkHost(value: unknown, field: string): string {
   if (typeof value !== 'string') {
     fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${field} must be a string, got ${describe(value)}`);
   }

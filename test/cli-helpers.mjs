@@ -162,7 +162,10 @@ export async function freeUdpPort(host = V4) {
  */
 export async function startServerRange(count, make) {
   for (let attempt = 0; attempt < 50; attempt++) {
-    const first = 20000 + Math.floor(Math.random() * 30000);
+    // Below net.ipv4.ip_local_port_range (32768-60999 by default): ports there are what the
+    // kernel hands out for connect() and port 0, and what proxies on this machine bind as
+    // source ports, so one found free there is often taken a moment later.
+    const first = 20000 + Math.floor(Math.random() * (32768 - 20000 - count));
     const servers = [];
     try {
       for (let i = 0; i < count; i++) servers.push(await startServer(make(i), { port: first + i }));
@@ -177,7 +180,10 @@ export async function startServerRange(count, make) {
 /** `count` consecutive ports on 127.0.0.1 nobody listens on (checked, then released). */
 export async function freeRange(count) {
   for (let attempt = 0; attempt < 50; attempt++) {
-    const first = 20000 + Math.floor(Math.random() * 30000);
+    // Below net.ipv4.ip_local_port_range (32768-60999 by default): ports there are what the
+    // kernel hands out for connect() and port 0, and what proxies on this machine bind as
+    // source ports, so one found free there is often taken a moment later.
+    const first = 20000 + Math.floor(Math.random() * (32768 - 20000 - count));
     let ok = true;
     for (let i = 0; i < count && ok; i++) ok = await canBind(first + i);
     if (ok) return first;

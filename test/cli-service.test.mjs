@@ -13,6 +13,7 @@ import path from 'node:path';
 import { CLI, spawnCli, startCli, stopCli, killAll } from './cli-helpers.mjs';
 import {
   V4,
+  V6,
   startEchoServer,
   startServer,
   freePort,
@@ -49,14 +50,14 @@ function nthLine(child, re, n = 1, timeout = 10000) {
  * thread a moment after the reload has been logged (a connection in that moment is served
  * and drains like the others).
  */
-function refusedSoon(port) {
+function refusedSoon(port, host = V4) {
   return waitFor(
     () =>
-      expectRefused(port).then(
+      expectRefused(port, host).then(
         () => true,
         () => false,
       ),
-    { timeout: 3000, interval: 20, what: `${port} to refuse connections` },
+    { timeout: 3000, interval: 20, what: `${host} port ${port} to refuse connections` },
   );
 }
 
@@ -144,6 +145,49 @@ test('SIGHUP keeps unchanged mappings and their connections, drains removed ones
     'stdout to close',
   );
   assert.equal(child.lines.at(-1), 'portsplice: stopped', child.describe());
+});
+
+test('SIGHUP keeps a -p string without host IP on IPv4 and IPv6; given 0.0.0.0 instead, it is reopened on IPv4 only', async () => {
+  const echo = await startEchoServer();
+  servers.push(echo);
+  const port = await freePort();
+  const file = path.join(tmp, 'dual.json');
+  writeConfig(file, [`${port}:127.0.0.1:${echo.port}`]);
+  const { child } = await startCli(['--config', file, '--drain-timeout', '5'], 2);
+  await nthLine(child, /^portsplice: started .*: forwarding 2 mappings/);
+  const via6 = await connect(port, V6);
+  await pingEcho(via6);
+
+  fs.writeFileSync(file, JSON.stringify([`${port}:127.0.0.1:${echo.port}`], null, 4)); // same mappings
+  child.kill('SIGHUP');
+  await nthLine(child, /SIGHUP: reloaded .*: 1 unchanged, 0 added, 0 removed$/);
+  await pingEcho(via6);
+
+  writeConfig(file, [`0.0.0.0:${port}:127.0.0.1:${echo.port}`]);
+  child.kill('SIGHUP');
+  await nthLine(child, /SIGHUP: reloaded .*: 0 unchanged, 1 added, 1 removed$/);
+  await nthLine(child, new RegExp(`tcp 0\\.0\\.0\\.0:${port} -> .* \\(added\\)$`));
+  await refusedSoon(port, V6);
+  await pingEcho(via6); // the open connection drains
+  const via4 = await connect(port, V4);
+  await pingEcho(via4);
+  via4.destroy();
+  via6.destroy();
+  assert.equal((await stopCli(child)).code, 0, child.describe());
+});
+
+test("SIGHUP: a file's engine and command settings take effect on restart only, and the log names those that changed", async () => {
+  const echo = await startEchoServer();
+  servers.push(echo);
+  const port = await freePort();
+  const file = path.join(tmp, 'settings.json');
+  writeConfig(file, [spec(port, echo.port)], { threads: 1, drainTimeout: 5, interval: 2 });
+  const { child } = await startCli(['--config', file], 1);
+  writeConfig(file, [spec(port, echo.port)], { threads: 2, drainTimeout: 7, interval: 2 });
+  child.kill('SIGHUP');
+  await nthLine(child, /^portsplice: SIGHUP: changes to threads, drainTimeout take effect on restart only$/);
+  await nthLine(child, /SIGHUP: reloaded .*: 1 unchanged, 0 added, 0 removed$/);
+  assert.equal((await stopCli(child)).code, 0, child.describe());
 });
 
 test('SIGHUP with a changed target on the same port moves new connections to it; a drain that times out says how many it reset', async () => {

@@ -1,10 +1,11 @@
 // The `portsplice` command as a child process: forwarding with -p (single ports, ranges, UDP,
-// docker-proxy's flags, a config file), --json, --metrics, shutdown on signals with draining,
+// IPv4 and IPv6 without a host IP, a host range to one port, a config file), --json, --metrics, shutdown on signals with draining,
 // docker-proxy's fd 3 status pipe, bad arguments and all-or-nothing startup.
 
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -24,6 +25,9 @@ import {
   pingEcho,
   closeServers,
 } from './helpers.mjs';
+import { createProxy } from '../dist/index.js';
+import { parsePortSpec } from '../dist/cli/publish.js';
+import { openSpec } from '../dist/cli/reload.js';
 import {
   spawnCli,
   startCli,
@@ -107,27 +111,91 @@ describe('forwarding', () => {
     assert.equal((await stopCli(child)).code, 0);
   });
 
-  test("docker-proxy's flags (Go syntax) forward one port", async () => {
+  for (const engine of ['splice', 'stream']) {
+    test(`-p PORT:IP:PORT (no host IP) listens on 0.0.0.0 and [::] on one port, like docker run -p (${engine})`, async () => {
+      const echo = await echoServer();
+      const { child, ports } = await startCli(['--engine', engine, '-p', `:${V4}:${echo.port}`], 2);
+      assert.match(child.lines[0], /^portsplice: mapping 1 tcp 0\.0\.0\.0:\d+ -> /);
+      assert.match(child.lines[1], /^portsplice: mapping 2 tcp \[::\]:\d+ -> /);
+      assert.ok(ports[0] > 0 && ports[1] === ports[0], `the same picked port twice: ${ports}`);
+      for (const host of [V4, V6]) {
+        const got = await exchange(ports[0], host, Buffer.from(`via ${host}`), { keep: true });
+        assert.equal(got.data.toString(), `via ${host}`);
+      }
+      assert.equal((await stopCli(child)).code, 0);
+    });
+  }
+
+  test('-p HOST_IP:FIRST-LAST:IP:PORT listens on the first free port of the range', async () => {
     const echo = await echoServer();
+    const first = await freeRange(3);
+    const busy = await startServer(() => {}, { port: first });
+    servers.push(busy);
+    const { child, ports } = await startCli(['-p', `${V4}:${first}-${first + 2}:${V4}:${echo.port}`]);
+    assert.deepEqual(ports, [first + 1], 'the first port was taken: the next one');
+    const got = await exchange(first + 1, V4, Buffer.from('range'), { keep: true });
+    assert.equal(got.data.toString(), 'range');
+    assert.equal((await stopCli(child)).code, 0);
+  });
+
+  test('a dual-stack host range: a port taken on [::] only is given up on both, the next one taken', async (t) => {
+    const echo = await echoServer();
+    const first = await freeRange(3);
+    // Taken on [::] only (IPV6_V6ONLY): 0.0.0.0:first binds, then [::]:first fails.
+    const busy = net.createServer();
+    await new Promise((resolve, reject) => {
+      busy.once('error', reject);
+      busy.listen({ host: '::', port: first, ipv6Only: true }, resolve);
+    });
+    t.after(() => busy.close());
+    const { child, ports } = await startCli(['-p', `${first}-${first + 2}:${V4}:${echo.port}`], 2);
+    assert.deepEqual(ports, [first + 1, first + 1], child.describe());
+    assert.ok(await canBind(first), `${first} on 127.0.0.1 was let go again`);
+    for (const host of [V4, V6]) {
+      const got = await exchange(first + 1, host, Buffer.from('next'), { keep: true });
+      assert.equal(got.data.toString(), 'next');
+    }
+    assert.equal((await stopCli(child)).code, 0);
+  });
+
+  test('without IPv6 (socket(AF_INET6) fails with EAFNOSUPPORT under ipv6.disable=1), no host IP means IPv4 only, said in the log', async (t) => {
+    const echo = await echoServer();
+    const proxy = createProxy({ engine: 'splice' });
+    t.after(() => proxy.close());
+    // The kernel's answer on such a host, for the [::] listener only; everything else is real.
+    const noIpv6 = {
+      add: (o) =>
+        o.listen.host === '::'
+          ? Promise.reject(Object.assign(new Error('socket EAFNOSUPPORT'), { code: 'EAFNOSUPPORT' }))
+          : proxy.add(o),
+      remove: (m) => proxy.remove(m),
+    };
+    const [spec] = parsePortSpec(`:${V4}:${echo.port}`);
+    const notes = [];
+    const opened = await openSpec(noIpv6, spec, false, (line) => notes.push(line));
+    assert.deepEqual(
+      opened.map((m) => m.listen.host),
+      ['0.0.0.0'],
+    );
+    const got = await exchange(opened[0].listen.port, V4, Buffer.from('v4 only'), { keep: true });
+    assert.equal(got.data.toString(), 'v4 only');
+    assert.deepEqual(notes, [
+      `tcp 0.0.0.0:0 and [::]:0 -> ${V4}:${echo.port}: IPv6 is not available here (EAFNOSUPPORT); listening on IPv4 only`,
+    ]);
+  });
+
+  test("docker-proxy's flags are refused, naming the drop-in (exit 2)", async () => {
     const port = await freePort();
     const child = spawnCli(
-      [
-        '-proto',
-        'tcp',
-        '-host-ip',
-        V4,
-        `-host-port=${port}`,
-        '--container-ip',
-        V4,
-        '-container-port',
-        String(echo.port),
-      ],
+      ['-host-ip', V4, `-host-port=${port}`, '-container-ip', V4, '-container-port', '80'],
       { statusPipe: true },
     );
-    await child.until(() => child.status === '0\n', 'status 0 on fd 3');
-    const got = await exchange(port, V4, Buffer.from('docker'), { keep: true });
-    assert.equal(got.data.toString(), 'docker');
-    assert.equal((await stopCli(child)).code, 0);
+    assert.equal((await child.waitExit()).code, 2, child.describe());
+    assert.match(
+      child.err,
+      /^portsplice: -host-ip is docker-proxy's flag: run the drop-in portsplice-docker-proxy/,
+    );
+    assert.ok(await canBind(port), 'nothing listens');
   });
 
   test('--config file with API-shaped mappings and -p strings', async () => {
@@ -319,12 +387,7 @@ describe("docker-proxy's status pipe (fd 3)", () => {
   test('writes 1\\n and the error, and exits 1, when the port is in use', async () => {
     const busy = await startServer(() => {});
     servers.push(busy);
-    const child = spawnCli(
-      ['-host-ip', V4, '-host-port', String(busy.port), '-container-ip', V4, '-container-port', '9'],
-      {
-        statusPipe: true,
-      },
-    );
+    const child = spawnCli(['-p', `${V4}:${busy.port}:${V4}:9`], { statusPipe: true });
     const exit = await child.waitExit();
     assert.equal(exit.code, 1, child.describe());
     await child.until(() => child.status.startsWith('1\n') && child.status.length > 2, 'the status on fd 3');
@@ -347,7 +410,7 @@ describe('bad arguments', () => {
     },
     {
       name: 'range length mismatch',
-      args: (p) => ['-p', `${V4}:${p}-${p + 2}:${V4}:80`],
+      args: (p) => ['-p', `${V4}:${p}-${p + 2}:${V4}:80-81`],
       message: /same length/,
     },
     {
@@ -364,18 +427,23 @@ describe('bad arguments', () => {
     { name: 'no mappings', args: () => ['--json'], message: /no mappings/ },
     {
       name: '-use-listen-fd',
-      args: (p) => ['-use-listen-fd', '-host-port', String(p), '-container-ip', V4, '-container-port', '80'],
-      message: /native/,
+      args: (p) => ['-use-listen-fd', '-p', `${V4}:${p}:${V4}:80`],
+      message: /-use-listen-fd is docker-proxy's flag: run the drop-in/,
+    },
+    {
+      name: 'a per-mapping flag out of range',
+      args: (p) => ['-p', `${V4}:${p}:${V4}:80`, '--connect-timeout', '0'],
+      message: /--connect-timeout 0: connectTimeoutMs must be an integer from 1/,
     },
   ];
   for (const c of cases) {
-    test(`${c.name}: exit 2, says what is wrong, prints the help, listens on nothing`, async () => {
+    test(`${c.name}: exit 2, says what is wrong in one line and where to look, listens on nothing`, async () => {
       const port = await freeRange(3);
       const child = spawnCli(c.args(port), { statusPipe: true });
       const exit = await child.waitExit();
       assert.equal(exit.code, 2, child.describe());
       assert.match(child.err, c.message);
-      assert.match(child.err, /Usage: portsplice/);
+      assert.match(child.err, /^portsplice: [^\n]+\nTry 'portsplice --help'\.\n$/);
       assert.equal(child.out, '');
       await child.until(() => child.status.startsWith('1\n'), 'status 1 on fd 3');
       for (let i = 0; i < 3; i++) assert.ok(await canBind(port + i), `port ${port + i} is free`);

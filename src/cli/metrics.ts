@@ -8,7 +8,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { MappingStats, Proxy, ProxyStats, TcpMappingStats, UdpMappingStats } from '../types.js';
-import { formatEndpoint } from './args.js';
+import { formatEndpoint } from './endpoint.js';
 
 const LABELS = ['mapping', 'proto', 'listen', 'target'] as const;
 type Label = (typeof LABELS)[number];

@@ -7,17 +7,23 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Mapping, Proxy } from '../types.js';
-import { formatEndpoint, type MappingSpec } from './args.js';
+import { describeSpec, type MappingSpec } from './spec.js';
 
 /** Tries of a new mapping on the port of one being removed (see openMapping). */
 const TAKEOVER_TRIES = 50;
 const TAKEOVER_WAIT_MS = 10;
 
+/** A spec that is open: one listener, or two for a `dualStack` one (0.0.0.0 and [::]). */
 export interface LiveMapping {
   key: string;
   spec: MappingSpec;
-  mapping: Mapping;
+  mappings: Mapping[];
 }
+
+/** Errors of an IPv6 listen address on a host without IPv6 (ipv6.disable=1: no AF_INET6 sockets). */
+const NO_IPV6 = new Set(['EAFNOSUPPORT', 'EADDRNOTAVAIL', 'EPROTONOSUPPORT']);
+/** Tries of a free port (0) that must be free on both IPv4 and IPv6. */
+const DUAL_STACK_TRIES = 8;
 
 /** JSON with sorted keys: the same options in another order are the same mapping. */
 function canonical(value: unknown): string {
@@ -35,28 +41,24 @@ function canonical(value: unknown): string {
 export function mappingKeys(specs: readonly MappingSpec[]): string[] {
   const seen = new Map<string, number>();
   return specs.map((spec) => {
-    const base = canonical(spec.options);
+    // How it listens is part of it: 8080:... (IPv4 and IPv6) is not 0.0.0.0:8080:...
+    const base = canonical({
+      options: spec.options,
+      dualStack: spec.dualStack,
+      lastHostPort: spec.lastHostPort,
+    });
     const n = (seen.get(base) ?? 0) + 1;
     seen.set(base, n);
     return `${base}#${n}`;
   });
 }
 
-export function describeSpec(spec: MappingSpec): string {
-  const { proto, listen, target } = spec.options;
-  return (
-    `${proto} ${formatEndpoint(listen.host ?? '0.0.0.0', listen.port)} -> ` +
-    `${formatEndpoint(target.host, target.port)}`
-  );
-}
-
-function sameListener(a: MappingSpec, b: MappingSpec): boolean {
-  const x = a.options;
-  const y = b.options;
-  return (
-    x.proto === y.proto &&
-    (x.listen.host ?? '0.0.0.0') === (y.listen.host ?? '0.0.0.0') &&
-    x.listen.port === y.listen.port
+/** Whether `spec` may listen where one of `removed` listened (same protocol and port). */
+function takesOverFrom(removed: readonly LiveMapping[], spec: MappingSpec): boolean {
+  const { proto, listen } = spec.options;
+  const last = spec.lastHostPort ?? listen.port;
+  return removed.some((m) =>
+    m.mappings.some((x) => x.proto === proto && x.listen.port >= listen.port && x.listen.port <= last),
   );
 }
 
@@ -65,10 +67,14 @@ function sameListener(a: MappingSpec, b: MappingSpec): boolean {
  * closed by an engine thread a moment after remove() is called, so EADDRINUSE is retried for
  * up to TAKEOVER_TRIES * TAKEOVER_WAIT_MS.
  */
-async function openMapping(proxy: Proxy, spec: MappingSpec, takesOver: boolean): Promise<Mapping> {
+async function openMapping(
+  proxy: Proxy,
+  options: MappingSpec['options'],
+  takesOver: boolean,
+): Promise<Mapping> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await proxy.add(spec.options);
+      return await proxy.add(options);
     } catch (err) {
       if (!takesOver || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= TAKEOVER_TRIES)
         throw err;
@@ -77,12 +83,55 @@ async function openMapping(proxy: Proxy, spec: MappingSpec, takesOver: boolean):
   }
 }
 
+const code = (err: unknown) => (err as NodeJS.ErrnoException).code ?? '';
+
+/**
+ * Opens a spec: its one listener, or the first free port of its host range, and for a
+ * `dualStack` spec the same port on [::] (IPV6_V6ONLY) too, as dockerd does for `-p 8080:80`.
+ * A picked port (0 or a range) that is taken on [::] is given up on both and the next one
+ * tried. Without IPv6 on the host the spec listens on IPv4 only, and `note` says so.
+ */
+export async function openSpec(
+  proxy: Proxy,
+  spec: MappingSpec,
+  takesOver: boolean,
+  note: (line: string) => void = () => {},
+): Promise<Mapping[]> {
+  const first = spec.options.listen.port;
+  const last = spec.lastHostPort ?? first;
+  const tries = first === 0 && spec.dualStack ? DUAL_STACK_TRIES : last - first + 1;
+  for (let i = 0; ; i++) {
+    const port = first === 0 ? 0 : first + i;
+    const more = i + 1 < tries;
+    let v4: Mapping;
+    try {
+      v4 = await openMapping(proxy, { ...spec.options, listen: { ...spec.options.listen, port } }, takesOver);
+    } catch (err) {
+      if (code(err) === 'EADDRINUSE' && more) continue;
+      throw err;
+    }
+    if (!spec.dualStack) return [v4];
+    const v6 = { ...spec.options, listen: { host: '::', port: v4.listen.port }, ipv6Only: true };
+    try {
+      return [v4, await openMapping(proxy, v6, takesOver)];
+    } catch (err) {
+      if (NO_IPV6.has(code(err))) {
+        note(`${describeSpec(spec)}: IPv6 is not available here (${code(err)}); listening on IPv4 only`);
+        return [v4];
+      }
+      await proxy.remove(v4);
+      if (code(err) === 'EADDRINUSE' && more && (first === 0 || spec.lastHostPort !== undefined)) continue;
+      throw err;
+    }
+  }
+}
+
 export interface ReloadOutcome {
   kept: number;
   added: LiveMapping[];
   removed: LiveMapping[];
-  /** Resolves once every removed mapping has drained, with how many connections were reset. */
-  drained: Promise<{ mapping: LiveMapping; reset: number }[]>;
+  /** Resolves once every removed listener has drained, with how many connections were reset. */
+  drained: Promise<{ mapping: Mapping; reset: number }[]>;
 }
 
 /**
@@ -94,6 +143,7 @@ export async function applyMappings(
   live: readonly LiveMapping[],
   wanted: readonly MappingSpec[],
   drainTimeoutMs: number,
+  note?: (line: string) => void,
 ): Promise<{ live: LiveMapping[]; outcome: ReloadOutcome }> {
   const wantedKeys = mappingKeys(wanted);
   const liveByKey = new Map(live.map((m) => [m.key, m]));
@@ -104,15 +154,17 @@ export async function applyMappings(
     .filter(({ key }) => !liveByKey.has(key));
 
   // Close the removed listeners first: a changed mapping may keep its port.
-  const drains = removed.map((m) =>
-    proxy.remove(m.mapping, { drainTimeoutMs }).then(({ reset }) => ({ mapping: m, reset })),
+  const drains = removed.flatMap((m) =>
+    m.mappings.map((mapping) =>
+      proxy.remove(mapping, { drainTimeoutMs }).then(({ reset }) => ({ mapping, reset })),
+    ),
   );
   const added: LiveMapping[] = [];
   try {
     for (const { spec, key } of toAdd) {
-      const takesOver = removed.some((m) => sameListener(m.spec, spec));
+      const takesOver = takesOverFrom(removed, spec);
       try {
-        added.push({ key, spec, mapping: await openMapping(proxy, spec, takesOver) });
+        added.push({ key, spec, mappings: await openSpec(proxy, spec, takesOver, note) });
       } catch (err) {
         throw new Error(
           `cannot listen on ${describeSpec(spec)} (${spec.source}): ${(err as Error).message}`,
@@ -125,12 +177,12 @@ export async function applyMappings(
   } catch (err) {
     // Undo: close what this reload opened, reopen what it removed (their old connections go
     // on draining); a failure to reopen is part of the error.
-    await Promise.allSettled(added.map((m) => proxy.remove(m.mapping)));
+    await Promise.allSettled(added.flatMap((m) => m.mappings.map((mapping) => proxy.remove(mapping))));
     const problems: string[] = [];
     const restored: LiveMapping[] = [];
     for (const m of removed) {
       try {
-        restored.push({ ...m, mapping: await openMapping(proxy, m.spec, true) });
+        restored.push({ ...m, mappings: await openSpec(proxy, m.spec, true, note) });
       } catch (again) {
         problems.push(`cannot reopen ${describeSpec(m.spec)}: ${(again as Error).message}`);
       }

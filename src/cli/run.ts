@@ -8,10 +8,15 @@ import type { Server } from 'node:http';
 import { createProxy } from '../index.js';
 import type { Proxy } from '../types.js';
 import { runDockerProxy } from './docker-proxy.js';
-import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions } from './args.js';
+import { parseArgs, type CliOptions } from './args.js';
+import { formatEndpoint } from './endpoint.js';
+import { HELP } from './help.js';
 import { SystemdNotifier } from './notify.js';
-import { applyMappings, describeSpec, mappingKeys, type LiveMapping } from './reload.js';
-import { startJsonLines, startLiveView, startupLine, type View } from './view.js';
+import { DEFAULT_JSON_INTERVAL, DEFAULT_LIVE_INTERVAL, OPTIONS } from './options.js';
+import { applyMappings, mappingKeys, openSpec, type LiveMapping } from './reload.js';
+import { describeSpec } from './spec.js';
+import { UsageError } from './where.js';
+import { describeMapping, startJsonLines, startLiveView, startupLine, type View } from './view.js';
 
 /** Where the CLI writes; `process.stdout`/`process.stderr` in real use. */
 export interface Streams {
@@ -19,10 +24,6 @@ export interface Streams {
   stderr: NodeJS.WritableStream;
 }
 
-/** Seconds between JSON lines when `--interval` is not given. */
-export const DEFAULT_JSON_INTERVAL = 10;
-/** Seconds between live-view refreshes when `--interval` is not given. */
-export const DEFAULT_LIVE_INTERVAL = 1;
 /** How long past the drain timeout shutdown may take before the CLI gives up and exits 1. */
 const SHUTDOWN_GRACE_MS = 5000;
 
@@ -125,7 +126,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     options = parseArgs(argv, readFile);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
-    io.stderr.write(`portsplice: ${err.message}\n\n${HELP}\n`);
+    io.stderr.write(`portsplice: ${err.message}\nTry 'portsplice --help'.\n`);
     status.report(false, err.message);
     return 2;
   }
@@ -170,14 +171,9 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
 
   let proxy: Proxy;
   try {
-    proxy = createProxy({
-      ...(options.engine !== undefined && { engine: options.engine }),
-      ...(options.threads !== undefined && { threads: options.threads }),
-      ...(options.pipeSize !== undefined && { pipeSize: options.pipeSize }),
-      ...(options.maxPipes !== undefined && { maxPipes: options.maxPipes }),
-    });
+    proxy = createProxy(options.proxy);
   } catch (err) {
-    const message = `cannot start the ${options.engine ?? 'default'} engine: ${errorText(err)}`;
+    const message = `cannot start the ${options.proxy.engine ?? 'default'} engine: ${errorText(err)}`;
     io.stderr.write(`portsplice: ${message}\n`);
     status.report(false, message);
     return 1;
@@ -204,7 +200,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     for (let i = 0; i < total && signalled === undefined; i++) {
       const spec = options.mappings[i]!;
       try {
-        mappings.push({ key: keys[i]!, spec, mapping: await proxy.add(spec.options) });
+        mappings.push({ key: keys[i]!, spec, mappings: await openSpec(proxy, spec, false, log) });
       } catch (err) {
         const which = total > 1 ? `mapping ${i + 1} of ${total}, ` : '';
         throw new Error(
@@ -227,7 +223,8 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   }
 
   const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
-  const statusLine = () => `forwarding ${plural(mappings.length, 'mapping')} (${proxy.engine} engine)`;
+  const listeners = () => mappings.flatMap((m) => m.mappings);
+  const statusLine = () => `forwarding ${plural(listeners().length, 'mapping')} (${proxy.engine} engine)`;
   const drainMs = Math.round(options.drainTimeout * 1000);
 
   let view: View | undefined;
@@ -238,7 +235,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     } else if (live) {
       view = startLiveView(proxy, io.stdout, (options.interval ?? DEFAULT_LIVE_INTERVAL) * 1000, version);
     } else {
-      for (const m of mappings) io.stdout.write(`${startupLine(m.mapping)}\n`);
+      for (const m of listeners()) io.stdout.write(`${startupLine(m)}\n`);
       if (metricsServer)
         io.stdout.write(`portsplice: metrics on http://${metrics!.serverAddress(metricsServer)}/metrics\n`);
     }
@@ -264,29 +261,39 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
       notifier.ready(statusLine());
       return;
     }
-    const fixed: string[] = (['engine', 'threads', 'pipeSize', 'maxPipes', 'drainTimeout'] as const).filter(
-      (name) => next[name] !== options[name],
-    );
-    if (JSON.stringify(next.metrics) !== JSON.stringify(options.metrics)) fixed.push('metrics');
+    // Every setting but the mappings (the option table's engine and command settings).
+    const fixed = OPTIONS.filter((o) => o.scope === 'proxy' || o.scope === 'command')
+      .filter((o) => {
+        const [a, b] = o.scope === 'proxy' ? [next.proxy, options.proxy] : [next, options];
+        return (
+          JSON.stringify((a as Record<string, unknown>)[o.key]) !==
+          JSON.stringify((b as Record<string, unknown>)[o.key])
+        );
+      })
+      .map((o) => o.key);
     if (fixed.length > 0) log(`SIGHUP: changes to ${fixed.join(', ')} take effect on restart only`);
     try {
-      const result = await applyMappings(proxy, mappings, next.mappings, drainMs);
+      const result = await applyMappings(proxy, mappings, next.mappings, drainMs, log);
       mappings = result.live;
       const { kept, added, removed, drained } = result.outcome;
       log(`SIGHUP: reloaded ${files}: ${kept} unchanged, ${added.length} added, ${removed.length} removed`);
-      for (const m of added) log(`${startupLine(m.mapping).replace(/^portsplice: /, '')} (added)`);
+      for (const m of added.flatMap((a) => a.mappings)) {
+        log(`${startupLine(m).replace(/^portsplice: /, '')} (added)`);
+      }
       for (const m of removed) {
-        const open = proxy.stats().mappings.find((s) => s.id === m.mapping.id);
-        const active = open?.proto === 'tcp' ? open.connections.active : 0;
-        log(
-          `mapping ${m.mapping.id} ${describeSpec(m.spec)} removed: draining ${plural(active, 'open connection')}` +
-            (active > 0 ? ` for up to ${options.drainTimeout} s` : ''),
-        );
+        for (const mapping of m.mappings) {
+          const open = proxy.stats().mappings.find((s) => s.id === mapping.id);
+          const active = open?.proto === 'tcp' ? open.connections.active : 0;
+          log(
+            `mapping ${mapping.id} ${describeMapping(mapping)} removed: draining ${plural(active, 'open connection')}` +
+              (active > 0 ? ` for up to ${options.drainTimeout} s` : ''),
+          );
+        }
       }
       void drained.then((results) => {
         for (const { mapping, reset } of results) {
           log(
-            `mapping ${mapping.mapping.id} drained` +
+            `mapping ${mapping.id} drained` +
               (reset > 0 ? `: ${plural(reset, 'connection')} reset at the timeout` : ''),
           );
         }

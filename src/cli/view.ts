@@ -3,7 +3,7 @@
  * lines for machines, and startup lines for logs. The formatting functions are pure.
  */
 import type { Endpoint, MappingStats, Proxy, ProxyStats } from '../types.js';
-import { formatEndpoint } from './args.js';
+import { formatEndpoint } from './endpoint.js';
 
 /** A writable text stream (process.stdout, or a test double). */
 export interface Output {
@@ -45,12 +45,16 @@ export function formatDuration(ms: number): string {
     : `${two(hh)}:${two(mm)}:${two(ss)}`;
 }
 
+type Listener = { id: number; proto: string; listen: Endpoint; target: Endpoint };
+
+/** `tcp 0.0.0.0:8080 -> 10.0.0.2:80`: a mapping that listens. */
+export function describeMapping(m: Listener): string {
+  return `${m.proto} ${formatEndpoint(m.listen.host, m.listen.port)} -> ${formatEndpoint(m.target.host, m.target.port)}`;
+}
+
 /** The line printed for a mapping once it listens. */
-export function startupLine(m: { id: number; proto: string; listen: Endpoint; target: Endpoint }): string {
-  return (
-    `portsplice: mapping ${m.id} ${m.proto} ${formatEndpoint(m.listen.host, m.listen.port)} -> ` +
-    `${formatEndpoint(m.target.host, m.target.port)}`
-  );
+export function startupLine(m: Listener): string {
+  return `portsplice: mapping ${m.id} ${describeMapping(m)}`;
 }
 
 /**
