@@ -8,6 +8,7 @@ import type { Mapping, MappingStats } from './types.js';
 export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
   const common = {
     id: m.id,
+    ...(m.name !== undefined && { name: m.name }),
     listen: { ...m.listen },
     target: { ...m.target },
   };

@@ -80,7 +80,7 @@ for (const proto of ['tcp', 'udp']) {
     const values = new Set(
       text
         .split('\n')
-        .filter((line) => line.startsWith('portsplice_') && line.includes('mapping="7"'))
+        .filter((line) => line.startsWith('portsplice_') && line.includes(`mapping="${proto}/127.0.0.1:1"`))
         .map((line) => Number(line.slice(line.lastIndexOf(' ') + 1))),
     );
     for (const [name] of own) {

@@ -5,7 +5,7 @@
  * Nothing is started until parsing has fully succeeded.
  */
 import { isIP } from 'node:net';
-import { checkKeepAlive, MAX_UDP_FLOWS } from '../config.js';
+import { checkKeepAlive, checkName, MAX_UDP_FLOWS } from '../config.js';
 import type { EngineName, MappingOptions, Proto } from '../types.js';
 
 /** A bad command line or config file: the message says what is wrong (the CLI exits 2). */
@@ -43,6 +43,10 @@ export interface CliOptions {
   /** Seconds between refreshes or JSON lines; undefined: the mode's default. */
   interval?: number;
   metrics?: { host: string; port: number };
+  /** --metrics-per-port: one series set per port of a `-p` range instead of one per range. */
+  metricsPerPort: boolean;
+  /** --metrics-nodejs: also Node.js's heap, GC and event-loop families. */
+  metricsNodejs: boolean;
   /** Seconds open connections get to finish after SIGTERM/SIGINT. */
   drainTimeout: number;
   help: boolean;
@@ -86,8 +90,12 @@ Options:
                          returns it, with byte counters as decimal strings (they can exceed
                          2^53); the first line comes at startup, the last at shutdown.
   --interval SECONDS     Refresh period (default 1 for the live view, 10 with --json).
-  --metrics [HOST]:PORT  Serve Prometheus metrics on http://HOST:PORT/metrics (HOST defaults
-                         to 0.0.0.0; [::1]:9100 for IPv6).
+  --metrics [HOST]:PORT  Serve Prometheus metrics on http://HOST:PORT/metrics and a health
+                         check on /healthz (HOST defaults to 0.0.0.0; [::1]:19110 for IPv6).
+                         Series are labelled mapping="NAME" (a config file's "name") or
+                         mapping="PROTO/LISTEN"; a -p range is one series set.
+  --metrics-per-port     One series set per port of a -p range instead.
+  --metrics-nodejs       Also Node.js's heap, GC and event-loop families (nodejs_*).
   --drain-timeout SECONDS
                          On SIGTERM/SIGINT stop accepting at once and give open connections
                          this long to finish (default ${DEFAULT_DRAIN_TIMEOUT}); a second signal exits at once.
@@ -319,6 +327,7 @@ const MAPPING_KEYS = [
   'udpTimeoutMs',
   'udpMaxFlows',
   'keepAlive',
+  'name',
 ] as const;
 const INT_MAX = 2 ** 31 - 1;
 
@@ -373,6 +382,13 @@ function parseConfigMapping(value: unknown, where: string): MappingOptions {
       throw new UsageError(`${where}.${(error as Error).message}`);
     }
     mapping.keepAlive = value.keepAlive as MappingOptions['keepAlive'];
+  }
+  if (value.name !== undefined) {
+    try {
+      mapping.name = checkName(value.name, `${where}.name`);
+    } catch (error) {
+      throw new UsageError((error as Error).message);
+    }
   }
   return mapping;
 }
@@ -445,6 +461,8 @@ type FlagName =
   | 'json'
   | 'interval'
   | 'metrics'
+  | 'metrics-per-port'
+  | 'metrics-nodejs'
   | 'drain-timeout'
   | 'help'
   | 'version'
@@ -455,7 +473,14 @@ type FlagName =
   | 'container-port'
   | 'use-listen-fd';
 
-const BOOLEAN_FLAGS: ReadonlySet<FlagName> = new Set(['json', 'help', 'version', 'use-listen-fd']);
+const BOOLEAN_FLAGS: ReadonlySet<FlagName> = new Set([
+  'json',
+  'help',
+  'version',
+  'use-listen-fd',
+  'metrics-per-port',
+  'metrics-nodejs',
+]);
 
 const FLAGS: Readonly<Record<string, FlagName>> = {
   p: 'publish',
@@ -467,6 +492,8 @@ const FLAGS: Readonly<Record<string, FlagName>> = {
   json: 'json',
   interval: 'interval',
   metrics: 'metrics',
+  'metrics-per-port': 'metrics-per-port',
+  'metrics-nodejs': 'metrics-nodejs',
   'drain-timeout': 'drain-timeout',
   h: 'help',
   help: 'help',
@@ -529,6 +556,8 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
     version: false,
     useListenFd: false,
     configFiles: [],
+    metricsPerPort: false,
+    metricsNodejs: false,
   };
   const docker: Partial<
     Record<'proto' | 'host-ip' | 'host-port' | 'container-ip' | 'container-port', string>
@@ -565,6 +594,8 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
       if (flag === 'json') options.json = on;
       else if (flag === 'help') options.help = on;
       else if (flag === 'version') options.version = on;
+      else if (flag === 'metrics-per-port') options.metricsPerPort = on;
+      else if (flag === 'metrics-nodejs') options.metricsNodejs = on;
       else options.useListenFd = on;
       continue;
     }
@@ -693,5 +724,15 @@ function checkDuplicates(mappings: readonly MappingSpec[]): void {
       );
     }
     seen.set(key, spec);
+  }
+  // A name is the mapping's Prometheus label: two mappings under one name would sum silently.
+  const named = new Map<string, MappingSpec>();
+  for (const spec of mappings) {
+    const { name } = spec.options;
+    if (name === undefined) continue;
+    const other = named.get(name);
+    if (other)
+      throw new UsageError(`name ${quote(name)} is given twice (${other.source} and ${spec.source})`);
+    named.set(name, spec);
   }
 }

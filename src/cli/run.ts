@@ -10,6 +10,7 @@ import type { Proxy } from '../types.js';
 import { runDockerProxy } from './docker-proxy.js';
 import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions } from './args.js';
 import { SystemdNotifier } from './notify.js';
+import { mappingLabel, mappingLabels } from './groups.js';
 import { applyMappings, describeSpec, mappingKeys, type LiveMapping } from './reload.js';
 import { startJsonLines, startLiveView, startupLine, type View } from './view.js';
 
@@ -17,6 +18,8 @@ import { startJsonLines, startLiveView, startupLine, type View } from './view.js
 export interface Streams {
   stdout: NodeJS.WritableStream & { isTTY?: boolean; columns?: number; rows?: number };
   stderr: NodeJS.WritableStream;
+  /** The live view's keys, when it is a terminal. */
+  stdin?: NodeJS.ReadStream;
 }
 
 /** Seconds between JSON lines when `--interval` is not given. */
@@ -82,6 +85,27 @@ export class StatusPipe {
       // Already closed.
     }
   }
+}
+
+/**
+ * What /healthz answers: healthy while running with every mapping of the config listening
+ * (`open`: the ids in the engine's stats); 503 while starting, stopping, or with one missing.
+ */
+export function healthOf(
+  phase: 'starting' | 'running' | 'stopping',
+  signal: string | undefined,
+  configured: number,
+  live: readonly LiveMapping[],
+  open: ReadonlySet<number>,
+): { ok: boolean; text: string } {
+  if (phase === 'stopping') return { ok: false, text: `stopping (${signal}): not accepting connections` };
+  const listening = live.filter((m) => open.has(m.mapping.id)).length;
+  if (phase === 'starting') {
+    return { ok: false, text: `starting: ${listening} of ${configured} mappings listening` };
+  }
+  const missing = live.find((m) => !open.has(m.mapping.id));
+  if (missing) return { ok: false, text: `not listening: ${describeSpec(missing.spec)}` };
+  return { ok: true, text: `ok: ${listening} mapping${listening === 1 ? '' : 's'} listening` };
 }
 
 type MetricsModule = typeof import('./metrics.js');
@@ -187,12 +211,42 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   let metricsServer: Server | undefined;
   let metrics: MetricsModule | undefined;
   let mappings: LiveMapping[] = [];
+  let phase: 'starting' | 'running' | 'stopping' = 'starting';
+
+  // The mapping labels (groups.ts), computed again when the mappings change. A mapping that a
+  // reload removed keeps its label while it drains, so that a range does not fan out.
+  let labels = new Map<number, string>();
+  let labelled: { list: LiveMapping[]; length: number } | undefined;
+  const currentLabels = (): ReadonlyMap<number, string> => {
+    if (labelled?.list !== mappings || labelled.length !== mappings.length) {
+      const open = new Set(proxy.stats().mappings.map((m) => m.id));
+      const next = mappingLabels(mappings, options.metricsPerPort);
+      for (const [id, label] of labels) if (!next.has(id) && open.has(id)) next.set(id, label);
+      labels = next;
+      labelled = { list: mappings, length: mappings.length };
+    }
+    return labels;
+  };
+  const health = () =>
+    healthOf(
+      phase,
+      signalled,
+      options.mappings.length,
+      mappings,
+      new Set(proxy.stats().mappings.map((m) => m.id)),
+    );
+
   try {
     if (options.metrics) {
       const { host, port } = options.metrics;
       metrics = await loadMetrics();
       try {
-        metricsServer = await metrics.startMetricsServer(metrics.createMetrics(proxy, version), host, port);
+        const registry = metrics.createMetrics(proxy, version, {
+          label: (m) => currentLabels().get(m.id) ?? mappingLabel(m),
+          nodejs: options.metricsNodejs,
+          health,
+        });
+        metricsServer = await metrics.startMetricsServer(registry, host, port);
       } catch (err) {
         throw new Error(`cannot serve metrics on ${formatEndpoint(host, port)}: ${errorText(err)}`, {
           cause: err,
@@ -232,11 +286,17 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
 
   let view: View | undefined;
   if (signalled === undefined) {
+    phase = 'running';
     status.report(true);
     if (options.json) {
       view = startJsonLines(proxy, io.stdout, (options.interval ?? DEFAULT_JSON_INTERVAL) * 1000);
     } else if (live) {
-      view = startLiveView(proxy, io.stdout, (options.interval ?? DEFAULT_LIVE_INTERVAL) * 1000, version);
+      view = startLiveView(proxy, io.stdout, (options.interval ?? DEFAULT_LIVE_INTERVAL) * 1000, version, {
+        labels: currentLabels,
+        ...(io.stdin && { input: io.stdin }),
+        // q in the view is Ctrl-C: the first stops and drains, a second exits at once.
+        onQuit: () => onSignal('SIGINT'),
+      });
     } else {
       for (const m of mappings) io.stdout.write(`${startupLine(m.mapping)}\n`);
       if (metricsServer)
@@ -310,22 +370,21 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   }
 
   // Stop accepting at once; open connections get the drain timeout to finish.
+  phase = 'stopping';
   let open = 0;
   // UDP flows have no end to wait for: only TCP connections drain.
   for (const m of proxy.stats().mappings) if (m.proto === 'tcp') open += m.connections.active;
-  view?.stop();
+  // The live view stays up during the drain with its countdown; the JSON lines end here.
+  if (live && open > 0 && drainMs > 0) view?.draining?.(signalled, Date.now() + drainMs);
+  else view?.stop();
   const waiting =
     open > 0 && drainMs > 0
       ? `waiting up to ${options.drainTimeout} s for ${plural(open, 'open connection')}`
       : 'no open connections';
   notifier.stopping(`${signalled}: draining, ${waiting}`);
   if (live) {
-    io.stderr.write(
-      `portsplice: ${signalled}: stopped accepting; ` +
-        (open > 0 && drainMs > 0
-          ? `${waiting} (${signalled === 'SIGINT' ? 'Ctrl-C' : signalled} again to quit now)\n`
-          : 'exiting\n'),
-    );
+    // During a drain the view says it; a line on stderr would break its redraw in place.
+    if (!(open > 0 && drainMs > 0)) io.stderr.write(`portsplice: ${signalled}: stopped accepting; exiting\n`);
   } else {
     log(`${signalled}: stopped accepting; ${waiting}`);
   }
@@ -336,10 +395,10 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     process.exit(1);
   }, drainMs + SHUTDOWN_GRACE_MS);
   try {
-    const [drained] = await Promise.all([
-      proxy.close({ drainTimeoutMs: drainMs }),
-      metricsServer ? metrics!.stopMetricsServer(metricsServer) : Promise.resolve(),
-    ]);
+    // The metrics stay up during the drain: /healthz says 503, the gauges show it ending.
+    const drained = await proxy.close({ drainTimeoutMs: drainMs });
+    if (live) view?.stop();
+    if (metricsServer) await metrics!.stopMetricsServer(metricsServer);
     if (!live) {
       log(
         `stopped` +
