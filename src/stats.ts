@@ -19,6 +19,7 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
       proto: 'tcp',
       connections: { accepted: c.accepted, active: c.active, failed: c.failed },
       bytes,
+      pipes: { inUse: c.pipes, fallbacks: c.pipeFallbacks },
     };
   }
   const dropped = {

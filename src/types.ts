@@ -161,6 +161,18 @@ export interface TcpMappingStats {
   target: Endpoint;
   connections: ConnectionCounters;
   bytes: ByteCounters;
+  /** Splice engine: its pipes (always 0 for the stream engine, which has none). */
+  pipes: PipeCounters;
+}
+
+export interface PipeCounters {
+  /** Pipes held now by the mapping's connections (at most two per connection, while bytes move). */
+  inUse: number;
+  /**
+   * Bursts copied through a user-space buffer because no pipe could be had (`maxPipes`
+   * reached, or the descriptor limit); `bytes.copied` counts their bytes.
+   */
+  fallbacks: number;
 }
 
 export interface FlowCounters {

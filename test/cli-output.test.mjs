@@ -37,6 +37,7 @@ function tcpStats(
     target: { host: '10.0.0.2', port: 80 },
     connections: { accepted, active, failed },
     bytes: { toTarget, toClient, spliced: toTarget + toClient, copied: 0n },
+    pipes: { inUse: 0, fallbacks: 0 },
   };
 }
 

@@ -6,16 +6,19 @@
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 
 import { createProxy } from '../dist/index.js';
 import { UsageError, parseArgs } from '../dist/cli/args.js';
 import {
   ENGINES,
+  MiB,
   V4,
   closeServers,
   connect,
   exchange,
   freePort,
+  show,
   startEchoServer,
   waitFor,
   withTimeout,
@@ -356,5 +359,65 @@ describe('the name option', () => {
       () => parseArgs(['--config', 'a.json'], config([m(1, 'no spaces')])),
       (err) => err instanceof UsageError && /^a\.json\[0\]\.name must be 1 to 64/.test(err.message),
     );
+  });
+});
+
+describe('pipe counters (splice engine)', () => {
+  test('pipes in use while a target does not read; bursts beyond maxPipes are counted as fallbacks', async (t) => {
+    const proxy = createProxy({ engine: 'splice', threads: 1, pipeSize: 4096, maxPipes: 1 });
+    t.after(() => proxy.close());
+    // A target that reads nothing until told to: the proxy's pipe toward it stays full.
+    const held = [];
+    const target = net.createServer((socket) => {
+      socket.pause();
+      held.push(socket);
+    });
+    await new Promise((resolve) => target.listen(0, V4, resolve));
+    t.after(() => {
+      for (const s of held) s.destroy();
+      return new Promise((resolve) => target.close(resolve));
+    });
+    const mapping = await proxy.add({
+      proto: 'tcp',
+      listen: { host: V4, port: 0 },
+      target: { host: V4, port: target.address().port },
+    });
+    const stats = () => proxy.stats().mappings.find((m) => m.id === mapping.id);
+    assert.deepEqual(stats().pipes, { inUse: 0, fallbacks: 0 });
+
+    const a = await connect(mapping.listen.port);
+    t.after(() => a.destroy());
+    a.write(Buffer.alloc(8 * MiB, 1));
+    await waitFor(() => stats().pipes.inUse === 1, { what: 'one pipe held', describe: () => show(stats()) });
+    const b = await connect(mapping.listen.port);
+    t.after(() => b.destroy());
+    b.write(Buffer.alloc(64 * 1024, 2));
+    await waitFor(() => stats().pipes.fallbacks > 0 && stats().bytes.copied > 0n, {
+      what: 'the second connection copied',
+      describe: () => show(stats()),
+    });
+    assert.equal(stats().pipes.inUse, 1, 'maxPipes: 1 holds');
+
+    // Once the connections are gone, their pipes are given back.
+    a.destroy();
+    b.destroy();
+    for (const s of held) s.destroy();
+    await waitFor(() => stats().connections.active === 0 && stats().pipes.inUse === 0, {
+      what: 'pipes released',
+      describe: () => show(stats()),
+    });
+  });
+
+  test('the stream engine has no pipes', async (t) => {
+    const proxy = createProxy({ engine: 'stream' });
+    t.after(() => proxy.close());
+    const echo = await echoServer();
+    const mapping = await proxy.add({
+      proto: 'tcp',
+      listen: { host: V4, port: 0 },
+      target: { host: V4, port: echo.port },
+    });
+    await exchange(mapping.listen.port, V4, Buffer.alloc(100_000, 3));
+    assert.deepEqual(proxy.stats().mappings[0].pipes, { inUse: 0, fallbacks: 0 });
   });
 });

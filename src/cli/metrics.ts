@@ -143,6 +143,20 @@ const METRICS: MetricDef[] = [
       ];
     },
   },
+  {
+    name: 'portsplice_pipes_in_use',
+    help: "Splice engine: pipes held now by the mapping's connections.",
+    type: 'gauge',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).pipes.inUse]],
+  },
+  {
+    name: 'portsplice_pipe_fallbacks_total',
+    help: 'Splice engine: bursts copied through user space because no pipe could be had (maxPipes or the fd limit).',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).pipes.fallbacks]],
+  },
 ];
 
 /** What `/healthz` answers: 200 with `ok`, else 503; `text` is the body's one line. */
