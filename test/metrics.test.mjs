@@ -5,7 +5,7 @@
 
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 
 import { createProxy } from '../dist/index.js';
@@ -160,6 +160,29 @@ describe('/metrics', () => {
     }
     assert.equal((await get(metricsPort, '/nope')).status, 404);
     assert.equal((await stopCli(child)).code, 0);
+
+    // The README's table names every family of the scrape, with its type, and no other.
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const table = readme.slice(
+      readme.indexOf('| metric '),
+      readme.indexOf('\n\n', readme.indexOf('| metric ')),
+    );
+    const documented = new Map();
+    for (const row of table.split('\n').slice(2)) {
+      const [names, type] = row
+        .split('|')
+        .slice(1, 3)
+        .map((c) => c.trim());
+      for (const name of names.split(', '))
+        documented.set(name.replace(/`/g, '').replace(/\{.*\}$/, ''), type);
+    }
+    assert.ok(documented.size > 20, `the table was found: ${documented.size} rows`);
+    const exposed = new Map([...families].map(([name, f]) => [name, f.type]));
+    assert.deepEqual(
+      [...documented].sort(),
+      [...exposed].sort(),
+      'README.md "Watching it" table = the families a scrape has',
+    );
   });
 
   test('a config name is the label; it survives a change of port', async () => {
