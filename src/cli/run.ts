@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { Server } from 'node:http';
 import { createProxy } from '../index.js';
-import type { Proxy } from '../types.js';
+import type { DrainResult, Proxy } from '../types.js';
 import { runDockerProxy } from './docker-proxy.js';
 import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions } from './args.js';
 import { SystemdNotifier } from './notify.js';
@@ -395,10 +395,15 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     process.exit(1);
   }, drainMs + SHUTDOWN_GRACE_MS);
   try {
-    // The metrics stay up during the drain: /healthz says 503, the gauges show it ending.
-    const drained = await proxy.close({ drainTimeoutMs: drainMs });
-    if (live) view?.stop();
-    if (metricsServer) await metrics!.stopMetricsServer(metricsServer);
+    // The metrics (and the live view) stay up during the drain: /healthz says 503, the gauges
+    // show it ending.
+    let drained: DrainResult;
+    try {
+      drained = await proxy.close({ drainTimeoutMs: drainMs });
+    } finally {
+      if (live) view?.stop();
+      if (metricsServer) await metrics!.stopMetricsServer(metricsServer);
+    }
     if (!live) {
       log(
         `stopped` +
