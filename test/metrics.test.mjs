@@ -368,7 +368,7 @@ describe('the name option', () => {
     });
   }
 
-  test('the command: a config name is checked, and two mappings may not share one', () => {
+  test('the command: a config name is checked, two mappings may not share one; the metrics flags need --metrics', () => {
     const config = (mappings) => () => JSON.stringify(mappings);
     const m = (port, name) => ({ name, listen: { port }, target: { host: V4, port: 80 } });
     assert.equal(parseArgs(['--config', 'a.json'], config([m(1, 'web')])).mappings[0].options.name, 'web');
@@ -377,6 +377,14 @@ describe('the name option', () => {
       (err) =>
         err instanceof UsageError &&
         /name "web" is given twice \(a\.json\[0\] and a\.json\[1\]\)/.test(err.message),
+    );
+    assert.throws(
+      () => parseArgs(['--metrics-per-port', '-p', '1:127.0.0.1:2']),
+      (err) => err instanceof UsageError && err.message === '--metrics-per-port needs --metrics',
+    );
+    assert.equal(
+      parseArgs(['--metrics', ':1', '--metrics-nodejs', '-p', '1:127.0.0.1:2']).metricsNodejs,
+      true,
     );
     assert.throws(
       () => parseArgs(['--config', 'a.json'], config([m(1, 'no spaces')])),

@@ -681,6 +681,11 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
     );
   }
   checkDuplicates(options.mappings);
+  if (!options.metrics && (options.metricsPerPort || options.metricsNodejs)) {
+    throw new UsageError(
+      `${options.metricsPerPort ? '--metrics-per-port' : '--metrics-nodejs'} needs --metrics`,
+    );
+  }
   return options;
 }
 
