@@ -102,9 +102,11 @@ function value(families, family, labels) {
 }
 
 async function startWithMetrics(args, count) {
-  const metricsPort = await freePort();
-  const { child, ports } = await startCli(['--metrics', `${V4}:${metricsPort}`, ...args], count);
-  await child.waitLine(/metrics on http:/);
+  // Port 0: the command prints the port it got, so it cannot collide with a listen port
+  // chosen by freePort() just before.
+  const { child, ports } = await startCli(['--metrics', `${V4}:0`, ...args], count);
+  const line = await child.waitLine(/metrics on http:/);
+  const metricsPort = Number(/:(\d+)\/metrics$/.exec(line)[1]);
   return { child, ports, metricsPort };
 }
 
