@@ -42,6 +42,7 @@ export interface ResolvedMapping {
   udpMaxFlows: number;
   /** TCP keep-alive on both sockets of each connection, or false (always false for UDP). */
   keepAlive: Required<KeepAliveOptions> | false;
+  name?: string;
 }
 
 export interface ResolvedProxyOptions {
@@ -216,6 +217,7 @@ export function validateMapping(options: unknown): ResolvedMapping {
     'udpTimeoutMs',
     'udpMaxFlows',
     'keepAlive',
+    'name',
   ]);
   const proto = checkChoice(o.proto, 'proto', PROTOS);
   if (o.listen === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'listen is required');
@@ -253,7 +255,26 @@ export function validateMapping(options: unknown): ResolvedMapping {
         ? DEFAULT_UDP_MAX_FLOWS
         : checkInteger(o.udpMaxFlows, 'udpMaxFlows', 1, MAX_UDP_FLOWS),
     keepAlive: checkKeepAlive(o.keepAlive, proto),
+    ...(o.name !== undefined && { name: checkName(o.name, 'name') }),
   };
+}
+
+/** Letters, digits and `_ . : / -`: safe as a Prometheus label value and in a log line. */
+const NAME_PATTERN = /^[A-Za-z0-9_.:/-]{1,64}$/;
+
+/** Validates a mapping's `name` (also used by the command for its config files). */
+export function checkName(value: unknown, field: string): string {
+  if (typeof value !== 'string') {
+    fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${field} must be a string, got ${describe(value)}`);
+  }
+  if (!NAME_PATTERN.test(value)) {
+    fail(
+      RangeError,
+      'ERR_INVALID_ARG_VALUE',
+      `${field} must be 1 to 64 letters, digits or _ . : / -, got ${describe(value)}`,
+    );
+  }
+  return value;
 }
 
 async function resolveHost(host: string, field: string): Promise<string> {

@@ -25,6 +25,8 @@ export const COUNTERS = [
   ['droppedRefused', 'count', 'udp'],
   ['droppedTruncated', 'count', 'udp'],
   ['droppedOther', 'count', 'udp'],
+  ['pipes', 'count', 'tcp'],
+  ['pipeFallbacks', 'count', 'tcp'],
 ] as const;
 
 type CounterDef = (typeof COUNTERS)[number];

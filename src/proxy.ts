@@ -115,6 +115,7 @@ class PortspliceProxy implements Proxy {
         proto: spec.proto,
         listen: Object.freeze({ host: spec.listen.host, port }),
         target: Object.freeze({ ...spec.target }),
+        ...(spec.name !== undefined && { name: spec.name }),
       });
       this.#mappings.set(id, mapping);
       return mapping;

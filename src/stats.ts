@@ -8,6 +8,7 @@ import type { Mapping, MappingStats } from './types.js';
 export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
   const common = {
     id: m.id,
+    ...(m.name !== undefined && { name: m.name }),
     listen: { ...m.listen },
     target: { ...m.target },
   };
@@ -18,6 +19,7 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
       proto: 'tcp',
       connections: { accepted: c.accepted, active: c.active, failed: c.failed },
       bytes,
+      pipes: { inUse: c.pipes, fallbacks: c.pipeFallbacks },
     };
   }
   const dropped = {

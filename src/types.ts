@@ -75,6 +75,12 @@ export interface MappingOptions {
    * the interval and count there are libuv's (1 s and 10 probes).
    */
   keepAlive?: KeepAliveOptions | false;
+  /**
+   * A stable name for the mapping, shown in `stats()` and used by the command as the
+   * Prometheus `mapping` label (instead of `proto/listen`): 1 to 64 characters, letters,
+   * digits and `_ . : / -`.
+   */
+  name?: string;
 }
 
 /**
@@ -117,6 +123,8 @@ export interface Mapping {
   readonly listen: Readonly<Endpoint>;
   /** The target as resolved when the mapping was added. */
   readonly target: Readonly<Endpoint>;
+  /** The `name` option, when one was given. */
+  readonly name?: string;
 }
 
 export interface ConnectionCounters {
@@ -146,11 +154,25 @@ export interface ByteCounters {
 
 export interface TcpMappingStats {
   id: number;
+  /** The mapping's `name` option, when one was given. */
+  name?: string;
   proto: 'tcp';
   listen: Endpoint;
   target: Endpoint;
   connections: ConnectionCounters;
   bytes: ByteCounters;
+  /** Splice engine: its pipes (always 0 for the stream engine, which has none). */
+  pipes: PipeCounters;
+}
+
+export interface PipeCounters {
+  /** Pipes held now by the mapping's connections (at most two per connection, while bytes move). */
+  inUse: number;
+  /**
+   * Bursts copied through a user-space buffer because no pipe could be had (`maxPipes`
+   * reached, or the descriptor limit); `bytes.copied` counts their bytes.
+   */
+  fallbacks: number;
 }
 
 export interface FlowCounters {
@@ -188,6 +210,8 @@ export interface DropCounters {
 
 export interface UdpMappingStats {
   id: number;
+  /** The mapping's `name` option, when one was given. */
+  name?: string;
   proto: 'udp';
   listen: Endpoint;
   target: Endpoint;

@@ -39,7 +39,6 @@ import {
   startServerRange,
   startUdpEcho,
   udpRoundTrip,
-  httpGet,
 } from './cli-helpers.mjs';
 
 const servers = [];
@@ -252,44 +251,7 @@ describe('stats output', () => {
     assert.equal((await stopCli(child)).code, 0);
     for (const l of child.lines) JSON.parse(l);
   });
-
-  test('--metrics serves Prometheus text with the byte totals', async () => {
-    const echo = await echoServer();
-    const [port, metricsPort] = [await freePort(), await freePort()];
-    const { child } = await startCli([
-      '--metrics',
-      `${V4}:${metricsPort}`,
-      '-p',
-      `${V4}:${port}:${V4}:${echo.port}`,
-    ]);
-    await child.waitLine(/metrics on http:/);
-    await exchange(port, V4, Buffer.alloc(4000, 7));
-    await exchange(port, V4, Buffer.alloc(1000, 7));
-    const labels = `mapping="1",proto="tcp",listen="127.0.0.1:${port}",target="127.0.0.1:${echo.port}"`;
-    let res;
-    await waitFor(
-      async () => {
-        res = await httpGet(metricsPort);
-        return res.text.includes(`portsplice_connections_active{${labels}} 0`);
-      },
-      { what: 'connections closed in metrics', describe: () => res?.text },
-    );
-    assert.equal(res.status, 200);
-    assert.match(res.type, /^text\/plain; version=0\.0\.4/);
-    const has = (line) =>
-      assert.ok(res.text.split('\n').includes(line), `metrics contain ${line}\n${res.text}`);
-    has(`portsplice_bytes_total{${labels},direction="to_target"} 5000`);
-    has(`portsplice_bytes_total{${labels},direction="to_client"} 5000`);
-    has(`portsplice_connections_accepted_total{${labels}} 2`);
-    has(`portsplice_connections_failed_total{${labels}} 0`);
-    assert.match(res.text, /# TYPE portsplice_bytes_total counter/);
-    assert.match(res.text, /# TYPE portsplice_connections_active gauge/);
-    for (const line of res.text.split('\n')) {
-      if (line && !line.startsWith('#')) assert.match(line, /^portsplice_/, 'every metric is prefixed');
-    }
-    assert.equal((await httpGet(metricsPort, '/nope')).status, 404);
-    assert.equal((await stopCli(child)).code, 0);
-  });
+  // --metrics: test/metrics.test.mjs scrapes it.
 });
 
 describe('signals', () => {

@@ -525,6 +525,8 @@ export function markdown(results, analysis) {
   const cfg = results.config;
   const out = [];
   out.push(`# portsplice benchmark results (${results.mode})`);
+  const caveats = runCaveats(results);
+  if (caveats.length) out.push(`**Caution:** ${caveats.join('; ')}.`);
   out.push(
     `Taken ${results.startedAt} in ${Math.round(results.durationSeconds)} s with \`${results.command}\`.\n\n` +
       `- Machine: ${machineLine(results)}; load average ${results.machine.loadAverage.join(', ')} at the ` +
@@ -681,51 +683,151 @@ export function markdown(results, analysis) {
 
 // ---- Chart ------------------------------------------------------------------------------
 
+// `test`: the test whose rounds' main figure (suite.mjs MAIN_FIGURE) the metric is, so that its
+// spread over the rounds can be drawn; metrics derived from several figures have none.
 const CHART_METRICS = [
-  { key: 'bulk1Gbps', title: 'Bulk TCP, 1 stream: Gbit/s ↑', digits: 1 },
+  { key: 'bulk1Gbps', test: 'bulk1', title: 'Bulk TCP, 1 stream: Gbit/s ↑', digits: 1 },
   { key: 'cpuPerGB', title: 'Proxy CPU seconds per GB ↓', digits: 2 },
-  { key: 'kaRps', title: 'HTTP keep-alive: thousand requests/s ↑', digits: 0, scale: 1e-3, suffix: 'k' },
+  {
+    key: 'kaRps',
+    test: 'keepalive',
+    title: 'HTTP keep-alive: thousand requests/s ↑',
+    digits: 0,
+    scale: 1e-3,
+    suffix: 'k',
+  },
   { key: 'kaP99Ms', title: 'HTTP keep-alive: p99 latency ms ↓', digits: 2 },
   {
     key: 'ka2Rps',
+    test: 'keepalive2',
     title: 'Keep-alive, 2 threads ×128: thousand requests/s ↑',
     digits: 0,
     scale: 1e-3,
     suffix: 'k',
   },
-  { key: 'cps', title: 'New connections: thousand/s ↑', digits: 1, scale: 1e-3, suffix: 'k' },
+  {
+    key: 'cps',
+    test: 'connect',
+    title: 'New connections: thousand/s ↑',
+    digits: 1,
+    scale: 1e-3,
+    suffix: 'k',
+  },
   {
     key: 'churnMinCps',
+    test: 'churn',
     title: 'Churn (redis -k 0), slowest slice: thousand conn/s ↑',
     digits: 2,
     scale: 1e-3,
     suffix: 'k',
   },
-  { key: 'udpPps', title: 'UDP delivered: thousand datagrams/s ↑', digits: 0, scale: 1e-3, suffix: 'k' },
+  {
+    key: 'udpPps',
+    test: 'udp',
+    title: 'UDP delivered: thousand datagrams/s ↑',
+    digits: 0,
+    scale: 1e-3,
+    suffix: 'k',
+  },
 ];
+// From the suite's hold test (results.memory): what one more open connection costs.
+const MEMORY_METRICS = [
+  { key: 'perConnKb', title: 'Memory per open connection: KiB ↓', digits: 1 },
+  { key: 'fdsPerConn', title: 'Descriptors per open connection ↓', digits: 1 },
+];
+
+/** The methods that are portsplice (drawn in bold). */
+const PORTSPLICE_METHODS = METHODS.filter((m) => m.portsplice).map((m) => m.short);
+
+/**
+ * What a reader of the figures must know about the run: that it was short (fewer than 3
+ * rounds, or the quick mode), or that the machine was busy (a 1-minute load average above
+ * half the CPUs at the start, when nothing of the suite runs yet, or above twice the CPUs
+ * at the end).
+ */
+export function runCaveats(results) {
+  const notes = [];
+  const cfg = results.config ?? {};
+  const m = results.machine;
+  if (results.mode !== 'full' || (cfg.rounds ?? 1) < 3) {
+    notes.push(
+      `short run (${results.mode}, ${cfg.rounds ?? '?'} round${cfg.rounds === 1 ? '' : 's'} of ` +
+        `${cfg.wrkSeconds ?? '?'} s): figures are indicative only`,
+    );
+  }
+  const [start] = m.loadAverage ?? [];
+  const [end] = m.loadAverageAtEnd ?? [];
+  if (start > m.nproc * 0.5) notes.push(`machine busy at the start (load ${start} on ${m.nproc} CPUs)`);
+  if (end > m.nproc * 2) notes.push(`machine busy at the end (load ${end} on ${m.nproc} CPUs)`);
+  return notes;
+}
+
+/** min and max of a test's rounds, scaled as the chart shows them, or null (one round). */
+function roundsRange(methodEntry, test, scale) {
+  const r = methodEntry?.results?.[test];
+  const f = r && !r.error && !r.skipped ? r.roundFigures : null;
+  if (!f || f.length < 2) return null;
+  return { lo: Math.min(...f) * scale, hi: Math.max(...f) * scale, n: f.length };
+}
 
 export function chartSpec(results, analysis) {
   const values = [];
   for (const a of analysis) {
+    const place = results.places?.find((p) => p.id === a.place);
     for (const [method, figures] of Object.entries(a.figures)) {
       for (const metric of CHART_METRICS) {
         const v = figures[metric.key];
         if (v === null || v === undefined) continue;
-        const shown = v * (metric.scale ?? 1);
+        const scale = metric.scale ?? 1;
+        const shown = v * scale;
+        const range = metric.test
+          ? roundsRange(
+              place?.methods.find((m) => m.id === method),
+              metric.test,
+              scale,
+            )
+          : null;
+        const fmt = (x) => `${x.toFixed(metric.digits)}${metric.suffix ?? ''}`;
         values.push({
           metric: metric.title,
           place: a.place,
           method: short(method),
           value: shown,
-          label: `${shown.toFixed(metric.digits)}${metric.suffix ?? ''}`,
+          lo: range?.lo ?? shown,
+          hi: range?.hi ?? shown,
+          labelAt: Math.max(shown, range?.hi ?? shown),
+          label: range ? `${fmt(shown)} (${fmt(range.lo)}–${fmt(range.hi)})` : fmt(shown),
         });
       }
     }
   }
+  for (const m of results.memory?.methods ?? []) {
+    for (const metric of MEMORY_METRICS) {
+      const v = m[metric.key];
+      if (v === null || v === undefined || m.error) continue;
+      values.push({
+        metric: metric.title,
+        place: results.memory.place,
+        method: short(m.id),
+        value: v,
+        lo: v,
+        hi: v,
+        labelAt: v,
+        label: v.toFixed(metric.digits),
+      });
+    }
+  }
   const methodOrder = METHODS.map((m) => m.short);
   const placeOrder = analysis.map((a) => a.place);
+  const bold = `indexof(${JSON.stringify(PORTSPLICE_METHODS)}, datum.value) >= 0`;
   const encoding = {
-    y: { field: 'method', type: 'nominal', sort: methodOrder, title: null },
+    y: {
+      field: 'method',
+      type: 'nominal',
+      sort: methodOrder,
+      title: null,
+      axis: { labelFontWeight: { condition: { test: bold, value: 'bold' }, value: 'normal' } },
+    },
     yOffset: { field: 'place', type: 'nominal', sort: placeOrder },
     x: { field: 'value', type: 'quantitative', title: null, axis: { labelFlush: true, tickCount: 4 } },
     color: {
@@ -736,14 +838,23 @@ export function chartSpec(results, analysis) {
       legend: { orient: 'top', direction: 'horizontal' },
     },
   };
+  const m = results.machine;
+  const load = (l) => (l ? l[0] : '?');
+  const caveats = runCaveats(results);
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: {
       text: `portsplice benchmark (${results.mode}), ${results.startedAt.slice(0, 10)}`,
       subtitle: [
-        `${results.machine.nproc} × ${results.machine.cpuModel}, Linux ${results.machine.kernel}`,
-        `Node ${results.machine.node}, docker-proxy ${results.dockerProxy.version ?? 'not installed'}`,
+        `${m.nproc} × ${m.cpuModel}, Linux ${m.kernel}, Node ${m.node}, ` +
+          `docker-proxy ${results.dockerProxy.version ?? 'not installed'}`,
+        `Load average ${load(m.loadAverage)} at the start, ${load(m.loadAverageAtEnd)} at the end; ` +
+          `${results.config?.rounds ?? '?'} rounds, bars are medians, the thin line and the figures in ` +
+          'brackets the range over the rounds.',
+        `portsplice's methods in bold: ${PORTSPLICE_METHODS.join(', ')}.`,
+        ...(caveats.length ? [`Caution: ${caveats.join('; ')}.`] : []),
       ],
+      subtitleColor: caveats.length ? '#a00' : '#333',
       anchor: 'start',
     },
     background: 'white',
@@ -751,20 +862,30 @@ export function chartSpec(results, analysis) {
     facet: {
       field: 'metric',
       type: 'nominal',
-      sort: CHART_METRICS.map((m) => m.title),
+      sort: [...CHART_METRICS, ...MEMORY_METRICS].map((x) => x.title),
       title: null,
       header: { labelFontWeight: 'bold', labelFontSize: 11, labelAnchor: 'start' },
     },
     columns: 2,
+    // Room on the right of each panel for the figures and their ranges.
+    spacing: { column: 110, row: 20 },
     spec: {
-      width: 300,
+      width: 280,
       height: { step: placeOrder.length > 1 ? 9 : 14 },
       encoding,
       layer: [
         { mark: { type: 'bar' } },
         {
+          mark: { type: 'rule', color: '#222', strokeWidth: 1 },
+          encoding: { x: { field: 'lo', type: 'quantitative' }, x2: { field: 'hi' } },
+        },
+        {
           mark: { type: 'text', align: 'left', dx: 3, fontSize: 8 },
-          encoding: { text: { field: 'label' }, color: { value: '#333' } },
+          encoding: {
+            x: { field: 'labelAt', type: 'quantitative' },
+            text: { field: 'label' },
+            color: { value: '#333' },
+          },
         },
       ],
     },

@@ -45,7 +45,10 @@ class Counter {
   X(dropped_queue_full, "droppedQueueFull") /* EAGAIN or ENOBUFS on send. */                 \
   X(dropped_refused, "droppedRefused")      /* ECONNREFUSED: the target's port is closed. */ \
   X(dropped_truncated, "droppedTruncated")  /* Larger than the receive buffer. */            \
-  X(dropped_other, "droppedOther")          /* Any other send error. */
+  X(dropped_other, "droppedOther")          /* Any other send error. */                      \
+  /* TCP, splice engine: pipes. */                                                           \
+  X(pipes, "pipes")                  /* Pipes held now by the mapping's connections. */      \
+  X(pipe_fallbacks, "pipeFallbacks") /* Bursts copied because no pipe could be had. */
 
 struct alignas(64) ThreadCounters {
 #define PS_COUNTER_MEMBER(member, name) Counter member;

@@ -357,14 +357,25 @@ int TcpSession::pump(Direction& d, int src, int dst, bool can_read, bool can_wri
 }
 
 int TcpSession::acquire_store(Direction& d) {
-  if (!no_splice_ && worker_->pipes().acquire(&d.pipe) == 0) return 0;
-  // No pipe to be had (fd or pipe limits): this burst is copied, nothing is lost.
+  if (!no_splice_) {
+    if (worker_->pipes().acquire(&d.pipe) == 0) {
+      counters_->pipes.add(1);
+      return 0;
+    }
+    // No pipe to be had (maxPipes, or EMFILE/ENFILE): this burst is copied, nothing is lost.
+    counters_->pipe_fallbacks.add(1);
+  }
   d.buffer = worker_->buffers().acquire();
   return d.buffer != nullptr ? 0 : -ENOMEM;
 }
 
 void TcpSession::release_store(Direction& d) {
-  if (d.pipe.valid()) worker_->pipes().release(&d.pipe, d.pending == 0);
+  if (d.pipe.valid()) {
+    // Counted down on this thread's line, maybe up on another's before a move: the
+    // snapshot's unsigned sum wraps back to the exact total, as for `active`.
+    counters_->pipes.sub(1);
+    worker_->pipes().release(&d.pipe, d.pending == 0);
+  }
   if (d.buffer != nullptr) {
     worker_->buffers().release(d.buffer);
     d.buffer = nullptr;

@@ -64,6 +64,8 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
     mappings: [],
     proxy: {},
     json: false,
+    metricsPerPort: false,
+    metricsNodejs: false,
     drainTimeout: DEFAULT_DRAIN_TIMEOUT,
     help: false,
     version: false,
@@ -186,6 +188,11 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
     located(`${m.source}: `, () => validateMapping(m.options));
   }
   checkDuplicates(options.mappings);
+  if (!options.metrics && (options.metricsPerPort || options.metricsNodejs)) {
+    throw new UsageError(
+      `${options.metricsPerPort ? '--metrics-per-port' : '--metrics-nodejs'} needs --metrics`,
+    );
+  }
   return options;
 }
 
@@ -211,5 +218,15 @@ function checkDuplicates(mappings: readonly MappingSpec[]): void {
       }
       seen.set(key, spec);
     }
+  }
+  // A name is the mapping's Prometheus label: two mappings under one name would sum silently.
+  const named = new Map<string, MappingSpec>();
+  for (const spec of mappings) {
+    const { name } = spec.options;
+    if (name === undefined) continue;
+    const other = named.get(name);
+    if (other)
+      throw new UsageError(`name ${quote(name)} is given twice (${other.source} and ${spec.source})`);
+    named.set(name, spec);
   }
 }

@@ -40,6 +40,10 @@ export interface CommandSettings {
   /** Seconds between refreshes or JSON lines; undefined: the mode's default. */
   interval?: number;
   metrics?: { host: string; port: number };
+  /** One metric series set per port of a `-p` range instead of one per range. */
+  metricsPerPort: boolean;
+  /** Also Node.js's heap, GC and event-loop families (nodejs_*). */
+  metricsNodejs: boolean;
   /** Seconds open connections get to finish after SIGTERM/SIGINT or when a reload removes them. */
   drainTimeout: number;
 }
@@ -172,7 +176,7 @@ export const OPTIONS: readonly OptionDef[] = [
     scope: 'proxy',
     key: 'pipeSize',
     parse: integer,
-    help: "Capacity of each pipe of the splice engine (default 1 MiB as root, else the kernel's 64 KiB).",
+    help: "Capacity of each pipe of the splice engine (default 1048576 as root, else the kernel's 65536).",
   },
   {
     flag: 'max-pipes',
@@ -257,7 +261,24 @@ export const OPTIONS: readonly OptionDef[] = [
         throw new UsageError(`${where} must be a string "[HOST]:PORT", got ${quote(value)}`);
       return parseListenAddress(value, where);
     },
-    help: 'Serve Prometheus metrics on http://HOST:PORT/metrics (HOST defaults to 0.0.0.0; [::1]:9464 for IPv6).',
+    help:
+      'Serve Prometheus metrics on http://HOST:PORT/metrics and a health check on /healthz (HOST ' +
+      'defaults to 0.0.0.0; [::1]:19110 for IPv6). Series are labelled mapping="NAME" (a config ' +
+      'file\'s "name") or mapping="PROTO/LISTEN"; a -p range is one series set.',
+  },
+  {
+    flag: 'metrics-per-port',
+    scope: 'command',
+    key: 'metricsPerPort',
+    parse: boolean,
+    help: 'One metric series set per port of a -p range instead (needs --metrics).',
+  },
+  {
+    flag: 'metrics-nodejs',
+    scope: 'command',
+    key: 'metricsNodejs',
+    parse: boolean,
+    help: "Also Node.js's heap, GC and event-loop families, nodejs_* (needs --metrics).",
   },
   {
     flag: 'drain-timeout',

@@ -6,13 +6,14 @@ import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { Server } from 'node:http';
 import { createProxy } from '../index.js';
-import type { Proxy } from '../types.js';
+import type { DrainResult, Proxy } from '../types.js';
 import { runDockerProxy } from './docker-proxy.js';
 import { parseArgs, type CliOptions } from './args.js';
 import { formatEndpoint } from './endpoint.js';
 import { HELP } from './help.js';
 import { SystemdNotifier } from './notify.js';
 import { DEFAULT_JSON_INTERVAL, DEFAULT_LIVE_INTERVAL, OPTIONS } from './options.js';
+import { mappingLabel, mappingLabels } from './groups.js';
 import { applyMappings, mappingKeys, openSpec, type LiveMapping } from './reload.js';
 import { describeSpec } from './spec.js';
 import { UsageError } from './where.js';
@@ -22,6 +23,8 @@ import { describeMapping, startJsonLines, startLiveView, startupLine, type View 
 export interface Streams {
   stdout: NodeJS.WritableStream & { isTTY?: boolean; columns?: number; rows?: number };
   stderr: NodeJS.WritableStream;
+  /** The live view's keys, when it is a terminal. */
+  stdin?: NodeJS.ReadStream;
 }
 
 /** How long past the drain timeout shutdown may take before the CLI gives up and exits 1. */
@@ -83,6 +86,28 @@ export class StatusPipe {
       // Already closed.
     }
   }
+}
+
+/**
+ * What /healthz answers: healthy while running with every mapping of the config listening
+ * (`open`: the ids in the engine's stats); 503 while starting, stopping, or with one missing.
+ */
+export function healthOf(
+  phase: 'starting' | 'running' | 'stopping',
+  signal: string | undefined,
+  configured: number,
+  live: readonly LiveMapping[],
+  open: ReadonlySet<number>,
+): { ok: boolean; text: string } {
+  if (phase === 'stopping') return { ok: false, text: `stopping (${signal}): not accepting connections` };
+  const listens = (m: LiveMapping): boolean => m.mappings.every((x) => open.has(x.id));
+  const listening = live.filter(listens).length;
+  if (phase === 'starting') {
+    return { ok: false, text: `starting: ${listening} of ${configured} mappings listening` };
+  }
+  const missing = live.find((m) => !listens(m));
+  if (missing) return { ok: false, text: `not listening: ${describeSpec(missing.spec)}` };
+  return { ok: true, text: `ok: ${listening} mapping${listening === 1 ? '' : 's'} listening` };
 }
 
 type MetricsModule = typeof import('./metrics.js');
@@ -183,12 +208,42 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   let metricsServer: Server | undefined;
   let metrics: MetricsModule | undefined;
   let mappings: LiveMapping[] = [];
+  let phase: 'starting' | 'running' | 'stopping' = 'starting';
+
+  // The mapping labels (groups.ts), computed again when the mappings change. A mapping that a
+  // reload removed keeps its label while it drains, so that a range does not fan out.
+  let labels = new Map<number, string>();
+  let labelled: { list: LiveMapping[]; length: number } | undefined;
+  const currentLabels = (): ReadonlyMap<number, string> => {
+    if (labelled?.list !== mappings || labelled.length !== mappings.length) {
+      const open = new Set(proxy.stats().mappings.map((m) => m.id));
+      const next = mappingLabels(mappings, options.metricsPerPort);
+      for (const [id, label] of labels) if (!next.has(id) && open.has(id)) next.set(id, label);
+      labels = next;
+      labelled = { list: mappings, length: mappings.length };
+    }
+    return labels;
+  };
+  const health = () =>
+    healthOf(
+      phase,
+      signalled,
+      options.mappings.length,
+      mappings,
+      new Set(proxy.stats().mappings.map((m) => m.id)),
+    );
+
   try {
     if (options.metrics) {
       const { host, port } = options.metrics;
       metrics = await loadMetrics();
       try {
-        metricsServer = await metrics.startMetricsServer(metrics.createMetrics(proxy, version), host, port);
+        const registry = metrics.createMetrics(proxy, version, {
+          label: (m) => currentLabels().get(m.id) ?? mappingLabel(m),
+          nodejs: options.metricsNodejs,
+          health,
+        });
+        metricsServer = await metrics.startMetricsServer(registry, host, port);
       } catch (err) {
         throw new Error(`cannot serve metrics on ${formatEndpoint(host, port)}: ${errorText(err)}`, {
           cause: err,
@@ -229,11 +284,17 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
 
   let view: View | undefined;
   if (signalled === undefined) {
+    phase = 'running';
     status.report(true);
     if (options.json) {
       view = startJsonLines(proxy, io.stdout, (options.interval ?? DEFAULT_JSON_INTERVAL) * 1000);
     } else if (live) {
-      view = startLiveView(proxy, io.stdout, (options.interval ?? DEFAULT_LIVE_INTERVAL) * 1000, version);
+      view = startLiveView(proxy, io.stdout, (options.interval ?? DEFAULT_LIVE_INTERVAL) * 1000, version, {
+        labels: currentLabels,
+        ...(io.stdin && { input: io.stdin }),
+        // q in the view is Ctrl-C: the first stops and drains, a second exits at once.
+        onQuit: () => onSignal('SIGINT'),
+      });
     } else {
       for (const m of listeners()) io.stdout.write(`${startupLine(m)}\n`);
       if (metricsServer)
@@ -317,22 +378,21 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   }
 
   // Stop accepting at once; open connections get the drain timeout to finish.
+  phase = 'stopping';
   let open = 0;
   // UDP flows have no end to wait for: only TCP connections drain.
   for (const m of proxy.stats().mappings) if (m.proto === 'tcp') open += m.connections.active;
-  view?.stop();
+  // The live view stays up during the drain with its countdown; the JSON lines end here.
+  if (live && open > 0 && drainMs > 0) view?.draining?.(signalled, Date.now() + drainMs);
+  else view?.stop();
   const waiting =
     open > 0 && drainMs > 0
       ? `waiting up to ${options.drainTimeout} s for ${plural(open, 'open connection')}`
       : 'no open connections';
   notifier.stopping(`${signalled}: draining, ${waiting}`);
   if (live) {
-    io.stderr.write(
-      `portsplice: ${signalled}: stopped accepting; ` +
-        (open > 0 && drainMs > 0
-          ? `${waiting} (${signalled === 'SIGINT' ? 'Ctrl-C' : signalled} again to quit now)\n`
-          : 'exiting\n'),
-    );
+    // During a drain the view says it; a line on stderr would break its redraw in place.
+    if (!(open > 0 && drainMs > 0)) io.stderr.write(`portsplice: ${signalled}: stopped accepting; exiting\n`);
   } else {
     log(`${signalled}: stopped accepting; ${waiting}`);
   }
@@ -343,10 +403,15 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     process.exit(1);
   }, drainMs + SHUTDOWN_GRACE_MS);
   try {
-    const [drained] = await Promise.all([
-      proxy.close({ drainTimeoutMs: drainMs }),
-      metricsServer ? metrics!.stopMetricsServer(metricsServer) : Promise.resolve(),
-    ]);
+    // The metrics (and the live view) stay up during the drain: /healthz says 503, the gauges
+    // show it ending.
+    let drained: DrainResult;
+    try {
+      drained = await proxy.close({ drainTimeoutMs: drainMs });
+    } finally {
+      if (live) view?.stop();
+      if (metricsServer) await metrics!.stopMetricsServer(metricsServer);
+    }
     if (!live) {
       log(
         `stopped` +

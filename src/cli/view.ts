@@ -4,6 +4,7 @@
  */
 import type { Endpoint, MappingStats, Proxy, ProxyStats } from '../types.js';
 import { formatEndpoint } from './endpoint.js';
+import { endpointRange, mappingLabel } from './groups.js';
 
 /** A writable text stream (process.stdout, or a test double). */
 export interface Output {
@@ -69,9 +70,7 @@ export function jsonStatsLine(stats: ProxyStats, time: Date): string {
 }
 
 interface Row {
-  id: string;
-  proto: string;
-  listen: string;
+  mapping: string;
   target: string;
   active: string;
   total: string;
@@ -82,9 +81,7 @@ interface Row {
 }
 
 const HEADER: Row = {
-  id: 'ID',
-  proto: 'PROTO',
-  listen: 'LISTEN',
+  mapping: 'MAPPING',
   target: 'TARGET',
   active: 'ACTIVE',
   total: 'TOTAL',
@@ -93,6 +90,7 @@ const HEADER: Row = {
   toClient: 'TO CLIENT',
   bytes: 'BYTES',
 };
+const COLUMNS = Object.keys(HEADER) as (keyof Row)[];
 const RIGHT_ALIGNED: ReadonlySet<keyof Row> = new Set([
   'active',
   'total',
@@ -108,8 +106,49 @@ function counts(m: MappingStats): { active: number; total: number; errors: numbe
     : { active: m.connections.active, total: m.connections.accepted, errors: m.connections.failed };
 }
 
-/** Columns left out first when the table is wider than the terminal. */
-const DROP_ORDER: readonly (keyof Row)[] = ['total', 'errors', 'proto', 'bytes', 'target'];
+/**
+ * How a row is made to fit: leave out TARGET, cut the MAPPING labels to 24 characters, leave
+ * out BYTES and TOTAL, then cut the labels to 12. ERRORS and the rates are never dropped: with
+ * the labels cut they stay within 80 columns.
+ */
+const FIT_STEPS: readonly ({ drop: keyof Row } | { mappingWidth: number })[] = [
+  { drop: 'target' },
+  { mappingWidth: 24 },
+  { drop: 'bytes' },
+  { drop: 'total' },
+  { mappingWidth: 12 },
+];
+
+/** What the keys change: the order of the rows and whether `-p` ranges are folded. */
+export interface ViewState {
+  /** `activity`: busiest first (throughput, then open connections); `errors`: most errors first. */
+  sort: 'activity' | 'errors';
+  /** Show each port of a range on its own row instead of one row per range. */
+  expanded: boolean;
+}
+
+export const INITIAL_VIEW_STATE: Readonly<ViewState> = Object.freeze({ sort: 'activity', expanded: false });
+
+/**
+ * One key press in the live view: `s` toggles the sort, `e` expands or folds the ranges, `q`
+ * (or Ctrl-C, which a terminal in raw mode delivers as a byte instead of SIGINT) quits.
+ */
+export function handleKey(state: ViewState, key: string): { state: ViewState; quit?: true } {
+  switch (key) {
+    case 'q':
+    case 'Q':
+    case '\x03':
+      return { state, quit: true };
+    case 's':
+    case 'S':
+      return { state: { ...state, sort: state.sort === 'activity' ? 'errors' : 'activity' } };
+    case 'e':
+    case 'E':
+      return { state: { ...state, expanded: !state.expanded } };
+    default:
+      return { state };
+  }
+}
 
 export interface FrameInfo {
   version: string;
@@ -118,6 +157,11 @@ export interface FrameInfo {
   /** Terminal size; the frame never exceeds it. */
   columns: number;
   rows: number;
+  /** Each mapping's label (see groups.ts); mappings sharing one are a single row unless expanded. */
+  labels?: ReadonlyMap<number, string>;
+  state?: ViewState;
+  /** During a drain: the signal that began it and the milliseconds left. */
+  drain?: { signal: string; leftMs: number };
 }
 
 interface Rates {
@@ -149,9 +193,63 @@ function truncate(line: string, width: number): string {
   return line.length <= width ? line : `${line.slice(0, Math.max(0, width - 1))}…`;
 }
 
+/** One row's figures: a mapping, or the sum of the mappings of a folded range. */
+interface Unit {
+  label: string;
+  members: MappingStats[];
+  active: number;
+  total: number;
+  errors: number;
+  toTarget: number;
+  toClient: number;
+  bytes: bigint;
+  /** Position of its first mapping: the order among equals. */
+  order: number;
+}
+
+function units(now: ProxyStats, r: Map<number, Rates>, info: FrameInfo): Unit[] {
+  const expanded = info.state?.expanded ?? false;
+  const byLabel = new Map<string, Unit>();
+  now.mappings.forEach((m, order) => {
+    const label = (!expanded && info.labels?.get(m.id)) || mappingLabel(m);
+    let unit = byLabel.get(label);
+    if (!unit) {
+      unit = {
+        label,
+        members: [],
+        active: 0,
+        total: 0,
+        errors: 0,
+        toTarget: 0,
+        toClient: 0,
+        bytes: 0n,
+        order,
+      };
+      byLabel.set(label, unit);
+    }
+    const c = counts(m);
+    const rate = r.get(m.id)!;
+    unit.members.push(m);
+    unit.active += c.active;
+    unit.total += c.total;
+    unit.errors += c.errors;
+    unit.toTarget += rate.toTarget;
+    unit.toClient += rate.toClient;
+    unit.bytes += m.bytes.toTarget + m.bytes.toClient;
+  });
+  const busy = (u: Unit) => u.toTarget + u.toClient;
+  const byActivity = (a: Unit, b: Unit) => busy(b) - busy(a) || b.active - a.active;
+  const compare =
+    info.state?.sort === 'errors'
+      ? (a: Unit, b: Unit) => b.errors - a.errors || byActivity(a, b) || a.order - b.order
+      : (a: Unit, b: Unit) => byActivity(a, b) || a.order - b.order;
+  return [...byLabel.values()].sort(compare);
+}
+
 /**
- * The lines of one frame of the live view. When the mappings do not all fit the terminal,
- * the busiest are shown (by throughput, then open connections) and the rest summed up.
+ * The lines of one frame of the live view: one row per mapping, or per `-p` range while the
+ * ranges are folded, sorted by activity or by errors. When the rows do not all fit the
+ * terminal, the first ones in that order are shown and the rest counted.
  */
 export function renderFrame(
   now: ProxyStats,
@@ -174,62 +272,69 @@ export function renderFrame(
   }
 
   // Header, column titles, (rows), totals, legend.
-  const room = height - 5;
-  let shown = now.mappings;
+  const room = height - 4;
+  let shown = units(now, r, info);
   let hidden = 0;
   if (shown.length > room) {
-    const busy = (m: MappingStats) => r.get(m.id)!.toTarget + r.get(m.id)!.toClient;
-    const keep = new Set(
-      [...now.mappings]
-        .sort((a, b) => busy(b) - busy(a) || counts(b).active - counts(a).active || a.id - b.id)
-        .slice(0, room - 1)
-        .map((m) => m.id),
-    );
-    shown = now.mappings.filter((m) => keep.has(m.id));
-    hidden = now.mappings.length - shown.length;
+    hidden = shown.length - (room - 1);
+    shown = shown.slice(0, room - 1);
   }
 
   const rows: Row[] = [HEADER];
-  for (const m of shown) {
-    const c = counts(m);
-    const rate = r.get(m.id)!;
+  for (const u of shown) {
+    const first = u.members[0]!;
     rows.push({
-      id: String(m.id),
-      proto: m.proto,
-      listen: formatEndpoint(m.listen.host, m.listen.port),
-      target: formatEndpoint(m.target.host, m.target.port),
-      active: String(c.active),
-      total: String(c.total),
-      errors: String(c.errors),
-      toTarget: formatRate(rate.toTarget),
-      toClient: formatRate(rate.toClient),
-      bytes: formatBytes(m.bytes.toTarget + m.bytes.toClient),
+      mapping: u.label,
+      target: endpointRange(
+        first.target.host,
+        u.members.map((m) => m.target.port),
+      ),
+      active: String(u.active),
+      total: String(u.total),
+      errors: String(u.errors),
+      toTarget: formatRate(u.toTarget),
+      toClient: formatRate(u.toClient),
+      bytes: formatBytes(u.bytes),
     });
   }
-  // On a narrow terminal, leave out the least needed columns rather than cut the rates off.
-  const widths = new Map(
-    (Object.keys(HEADER) as (keyof Row)[]).map((k) => [k, Math.max(...rows.map((row) => row[k].length))]),
-  );
-  const keys = (Object.keys(HEADER) as (keyof Row)[]).filter((k) => widths.get(k)! > 0);
+  // On a narrow terminal, leave out the least needed columns, then cut the labels short,
+  // rather than lose the errors or the rates.
+  const widths = new Map(COLUMNS.map((k) => [k, Math.max(...rows.map((row) => row[k].length))]));
+  const keys = [...COLUMNS];
   const tableWidth = () => keys.reduce((sum, k) => sum + widths.get(k)!, 0) + 2 * (keys.length - 1);
-  for (const drop of DROP_ORDER) {
-    if (tableWidth() <= width) break;
-    keys.splice(keys.indexOf(drop), 1);
+  for (const step of FIT_STEPS) {
+    const over = tableWidth() - width;
+    if (over <= 0) break;
+    if ('drop' in step) keys.splice(keys.indexOf(step.drop), 1);
+    else
+      widths.set(
+        'mapping',
+        Math.max(step.mappingWidth, Math.min(widths.get('mapping')!, widths.get('mapping')! - over)),
+      );
   }
-  const lines = [
-    truncate(
-      `portsplice ${info.version} · ${now.engine} engine · ${now.mappings.length} mapping` +
-        `${now.mappings.length === 1 ? '' : 's'} · up ${formatDuration(info.uptimeMs)} · Ctrl-C to stop`,
-      width,
-    ),
-  ];
-  for (const row of rows) {
-    const cells = keys.map((k) =>
-      RIGHT_ALIGNED.has(k) ? row[k].padStart(widths.get(k)!) : row[k].padEnd(widths.get(k)!),
+  const cell = (row: Row, k: keyof Row) => {
+    const w = widths.get(k)!;
+    const text = truncate(row[k], w);
+    return RIGHT_ALIGNED.has(k) ? text.padStart(w) : text.padEnd(w);
+  };
+  const state = info.state ?? INITIAL_VIEW_STATE;
+  const head = info.drain
+    ? `portsplice · DRAINING after ${info.drain.signal}: ${Math.ceil(Math.max(0, info.drain.leftMs) / 1000)} s left · ` +
+      `${totalActive} open · q to quit now`
+    : `portsplice ${info.version} · ${now.engine} engine · ${now.mappings.length} mapping` +
+      `${now.mappings.length === 1 ? '' : 's'} · up ${formatDuration(info.uptimeMs)}`;
+  const lines = [truncate(head, width)];
+  for (const row of rows)
+    lines.push(
+      truncate(
+        keys
+          .map((k) => cell(row, k))
+          .join('  ')
+          .trimEnd(),
+        width,
+      ),
     );
-    lines.push(truncate(cells.join('  ').trimEnd(), width));
-  }
-  if (hidden > 0) lines.push(truncate(`… ${hidden} more mapping${hidden === 1 ? '' : 's'} not shown`, width));
+  if (hidden > 0) lines.push(truncate(`… ${hidden} more row${hidden === 1 ? '' : 's'} not shown`, width));
   lines.push(
     truncate(
       `total: ${totalActive} active · to target ${formatRate(totalIn)} · to client ${formatRate(totalOut)} · ` +
@@ -239,7 +344,8 @@ export function renderFrame(
   );
   lines.push(
     truncate(
-      'tcp: ACTIVE/TOTAL connections, ERRORS = target unreachable · udp: ACTIVE/TOTAL flows, ERRORS = dropped datagrams',
+      `s sort (${state.sort}) · e ${state.expanded ? 'fold' : 'expand'} · q quit · ` +
+        'ERRORS: tcp unreachable, udp dropped',
       width,
     ),
   );
@@ -253,25 +359,50 @@ export function renderFrame(
 export interface View {
   /** Print the last frame or line and stop the timer. */
   stop(): void;
+  /** A drain began: show its countdown until `stop()`. */
+  draining?(signal: string, deadline: number): void;
 }
 
-/** The live view: redrawn in place every `intervalMs` on a terminal. */
-export function startLiveView(proxy: Proxy, out: Output, intervalMs: number, version: string): View {
+export interface LiveViewOptions {
+  /** Each mapping's label, read at every frame (the mappings change on reload). */
+  labels?: () => ReadonlyMap<number, string>;
+  /** The terminal's keyboard: read in raw mode while the view runs (a TTY only). */
+  input?: NodeJS.ReadStream;
+  /** `q` or Ctrl-C was pressed. */
+  onQuit?: () => void;
+}
+
+/** The live view: redrawn in place every `intervalMs` on a terminal, and at every key. */
+export function startLiveView(
+  proxy: Proxy,
+  out: Output,
+  intervalMs: number,
+  version: string,
+  options: LiveViewOptions = {},
+): View {
   const started = Date.now();
-  let prev: ProxyStats | undefined;
-  let prevAt = started;
+  // The last two snapshots: a frame's rates are the difference between them.
+  let prev: { stats: ProxyStats; at: number } | undefined;
+  let last: { stats: ProxyStats; at: number } | undefined;
   let drawn = 0;
-  const draw = () => {
-    const now = proxy.stats();
+  let state: ViewState = INITIAL_VIEW_STATE;
+  let drain: { signal: string; deadline: number } | undefined;
+  // `fresh`: take a new snapshot (the timer); a key redraws the last one in its new order.
+  const draw = (fresh = true) => {
     const at = Date.now();
-    const lines = renderFrame(now, prev, at - prevAt, {
+    if (fresh || !last) {
+      prev = last;
+      last = { stats: proxy.stats(), at };
+    }
+    const lines = renderFrame(last.stats, prev?.stats, prev ? last.at - prev.at : 0, {
       version,
       uptimeMs: at - started,
       columns: out.columns ?? 80,
       rows: out.rows ?? 24,
+      labels: options.labels?.(),
+      state,
+      ...(drain && { drain: { signal: drain.signal, leftMs: drain.deadline - at } }),
     });
-    prev = now;
-    prevAt = at;
     // Back to the first line of the previous frame, rewrite each line, clear what is left.
     let text = drawn > 0 ? `\r\x1b[${drawn}A` : '';
     for (const line of lines) text += `${line}\x1b[K\n`;
@@ -279,12 +410,46 @@ export function startLiveView(proxy: Proxy, out: Output, intervalMs: number, ver
     out.write(text);
     drawn = lines.length;
   };
+  const tick = () => draw();
+
+  const input = options.input?.isTTY === true ? options.input : undefined;
+  const onData = (chunk: string | Buffer) => {
+    for (const key of String(chunk)) {
+      const result = handleKey(state, key);
+      state = result.state;
+      if (result.quit) options.onQuit?.();
+    }
+    draw(false);
+  };
+  const restore = () => input?.setRawMode(false);
+  if (input) {
+    input.setRawMode(true);
+    input.setEncoding('utf8');
+    input.on('data', onData);
+    input.resume();
+    // A second signal exits with process.exit(): leave the terminal as it was.
+    process.once('exit', restore);
+  }
+
   draw();
-  const timer = setInterval(draw, intervalMs);
+  const timer = setInterval(tick, intervalMs);
+  let stopped = false;
   return {
     stop() {
+      if (stopped) return;
+      stopped = true;
       clearInterval(timer);
-      draw();
+      tick();
+      if (input) {
+        input.off('data', onData);
+        restore();
+        input.pause();
+        process.off('exit', restore);
+      }
+    },
+    draining(signal: string, deadline: number) {
+      drain = { signal, deadline };
+      tick();
     },
   };
 }
