@@ -5,8 +5,6 @@
 import type { ResolvedMapping } from './config.js';
 import type { RawCounters } from './counters.js';
 
-export type { RawCounters } from './counters.js';
-
 export interface Backend {
   /** Binds and starts serving; resolves to the engine's id and the port actually bound. */
   add(mapping: ResolvedMapping): Promise<{ id: number; port: number }>;

@@ -6,20 +6,9 @@
 import type { Backend } from './backend.js';
 import { newCounters, type RawCounters } from './counters.js';
 import type { ResolvedMapping } from './config.js';
+import type { StreamMapping } from './stream-mapping.js';
 import { StreamTcpMapping } from './stream-tcp.js';
 import { StreamUdpMapping } from './stream-udp.js';
-
-/** One mapping of the stream engine, whatever its protocol. */
-export interface StreamMapping {
-  readonly counters: RawCounters;
-  /** Binds; resolves to the port actually bound. */
-  listen(): Promise<number>;
-  /** Stops taking new connections or flows; TCP connections go on. */
-  stopListening(): void;
-  /** Stops everything, resetting open connections. */
-  close(): Promise<void>;
-  setRef(ref: boolean): void;
-}
 
 export class StreamBackend implements Backend {
   #mappings = new Map<number, StreamMapping>();

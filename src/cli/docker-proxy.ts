@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { dockerProxyPath } from '../docker-proxy-path.js';
-import type { Streams } from './run.js';
+import type { Streams } from './streams.js';
 
 /** Where `install` puts the binary when no DIR is given (next to Docker's own helpers). */
 export const DEFAULT_INSTALL_DIR = '/usr/local/libexec/docker';

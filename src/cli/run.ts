@@ -10,14 +10,9 @@ import type { Proxy } from '../types.js';
 import { runDockerProxy } from './docker-proxy.js';
 import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions } from './args.js';
 import { SystemdNotifier } from './notify.js';
+import type { Streams } from './streams.js';
 import { applyMappings, describeSpec, mappingKeys, type LiveMapping } from './reload.js';
 import { startJsonLines, startLiveView, startupLine, type View } from './view.js';
-
-/** Where the CLI writes; `process.stdout`/`process.stderr` in real use. */
-export interface Streams {
-  stdout: NodeJS.WritableStream & { isTTY?: boolean; columns?: number; rows?: number };
-  stderr: NodeJS.WritableStream;
-}
 
 /** Seconds between JSON lines when `--interval` is not given. */
 export const DEFAULT_JSON_INTERVAL = 10;
