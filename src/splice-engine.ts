@@ -41,6 +41,8 @@ export function engineError(errno: number, context: RequestContext): PortspliceE
 export class SpliceBackend implements Backend {
   #native: NativeProxy;
   #pending = new Map<number, { resolve: () => void; reject: (e: Error) => void; context: RequestContext }>();
+  /** Request ids count up from 1: 0 and 2^64-1 are the core's (ps::kNoRequest,
+   * ps::kOwnerStopRequest), which the addon refuses with a RangeError. */
   #nextRequest = 1;
   #closing = false;
 

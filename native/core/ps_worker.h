@@ -60,6 +60,18 @@ struct Command {
 // Called on a worker thread when the last worker has carried out a command.
 using CompletionFn = std::function<void(uint64_t request, int result)>;
 
+// Request ids: the caller's tag for a command, handed back to the CompletionFn. Two are
+// reserved, so that a caller can tell its own commands from those it relays:
+// - kNoRequest: nobody waits for the completion. The engine stops itself with it when it
+//   is destroyed while running, the addon when its environment goes; the CompletionFn
+//   still runs and must ignore it.
+// - kOwnerStopRequest: the embedder's own stop (the addon's close(), the binary's exit on
+//   a signal), which it handles itself rather than passing it on.
+// Relayed ids are the ones between (the addon refuses the reserved ones from JavaScript,
+// whose ids count up from kFirstRequest).
+constexpr uint64_t kNoRequest = 0;
+constexpr uint64_t kFirstRequest = 1;
+constexpr uint64_t kOwnerStopRequest = UINT64_MAX;
 
 class Engine;
 
