@@ -15,13 +15,13 @@ import { applyMappings, describeSpec, mappingKeys, type LiveMapping } from './re
 import { startJsonLines, startLiveView, startupLine, type View } from './view.js';
 
 /** Seconds between JSON lines when `--interval` is not given. */
-export const DEFAULT_JSON_INTERVAL = 10;
+const DEFAULT_JSON_INTERVAL = 10;
 /** Seconds between live-view refreshes when `--interval` is not given. */
-export const DEFAULT_LIVE_INTERVAL = 1;
+const DEFAULT_LIVE_INTERVAL = 1;
 /** How long past the drain timeout shutdown may take before the CLI gives up and exits 1. */
 const SHUTDOWN_GRACE_MS = 5000;
 
-export function packageVersion(): string {
+function packageVersion(): string {
   try {
     const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
       version?: string;
@@ -38,7 +38,7 @@ export function packageVersion(): string {
  * for a 'pipe', so a socket counts too; a Node process started without fd 3 has its own
  * epoll descriptor there, which is neither.)
  */
-export class StatusPipe {
+class StatusPipe {
   #fd: number | undefined;
 
   constructor(fd = 3) {
