@@ -130,7 +130,7 @@ describe('forwarding', () => {
     assert.equal((await stopCli(child)).code, 0);
   });
 
-  test('--config file with API-shaped mappings and -p strings', async () => {
+  test('--config file with API-shaped mappings and -p strings', async (t) => {
     const echo = await echoServer();
     const [a, b] = [await freePort(), await freePort()];
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portsplice-cli-'));
@@ -145,17 +145,16 @@ describe('forwarding', () => {
         ],
       }),
     );
-    try {
-      const { child, ports } = await startCli(['--config', file], 2);
-      assert.deepEqual(ports, [a, b]);
-      for (const port of ports) {
-        const got = await exchange(port, V4, Buffer.from(`via ${port}`), { keep: true });
-        assert.equal(got.data.toString(), `via ${port}`);
-      }
-      assert.equal((await stopCli(child)).code, 0);
-    } finally {
+    t.after(async () => {
       fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const { child, ports } = await startCli(['--config', file], 2);
+    assert.deepEqual(ports, [a, b]);
+    for (const port of ports) {
+      const got = await exchange(port, V4, Buffer.from(`via ${port}`), { keep: true });
+      assert.equal(got.data.toString(), `via ${port}`);
     }
+    assert.equal((await stopCli(child)).code, 0);
   });
 });
 
