@@ -58,6 +58,8 @@ export interface NativeBinding {
   ) => NativeProxy;
   /** The names of the values of one mapping's row in `stats()`, in order. */
   statsFields: readonly string[];
+  /** Figures of the engine for tools that measure it (soak/), from native/core/ps_worker.h. */
+  engineConstants: Readonly<{ maxIdlePipesPerThread: number; fdsPerWorker: number }>;
 }
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

@@ -28,6 +28,9 @@ namespace ps {
 // while they are busy, up to the CPUs the process may use.
 constexpr int kAutoThreads = 0;
 constexpr int kMaxThreads = 64;
+// Descriptors a worker holds of its own, whatever it serves: its epoll fd and its wake-up
+// eventfd (Worker::loop_, Worker::wake_fd_). The soak test counts on it, through the addon.
+constexpr int kFdsPerWorker = 2;
 
 struct EngineOptions {
   int threads = 1;             // 1 to kMaxThreads workers, or kAutoThreads.
