@@ -1,3 +1,4 @@
+// @test-tag timing: CPU readings of busy processes
 // The benchmark suite's peer methods (HAProxy, socat) and the CPU reading of a forking
 // server, over real sockets on loopback in the current namespace. Skipped with the reason
 // when a peer is not installed.

@@ -49,10 +49,7 @@ function daemonJson(out) {
 /** Starts `binary` as dockerd starts docker-proxy (fd 3 a pipe) and waits for "0\n". */
 async function startDropIn(binary, hostPort, containerPort) {
   const args = ['-proto', 'tcp', '-host-ip', V4, '-host-port', String(hostPort), '-container-ip', V4];
-  const child = spawnChild(binary, [...args, '-container-port', String(containerPort)], {
-    statusPipe: true,
-    t,
-  });
+  const child = spawnChild(binary, [...args, '-container-port', String(containerPort)], { statusPipe: true });
   const status = await withTimeout(child.statusDone, 5000, 'status of the installed drop-in', () =>
     child.kill('SIGKILL'),
   );

@@ -1,3 +1,4 @@
+// @test-tag slow: about 25 s
 // The `portsplice` command as a child process: forwarding with -p (single ports, ranges, UDP,
 // docker-proxy's flags, a config file), --json, --metrics, shutdown on signals with draining,
 // docker-proxy's fd 3 status pipe, bad arguments and all-or-nothing startup.

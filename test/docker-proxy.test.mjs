@@ -1,3 +1,4 @@
+// @test-tag slow: about 30 s
 // portsplice-docker-proxy, the drop-in replacement for Docker's docker-proxy: its flags, the
 // readiness protocol on fd 3, forwarding, stopping on signals, and the socket passed as fd 4
 // made exactly as dockerd 28 and 29 make it (blocking, SO_REUSEADDR, IPV6_V6ONLY, IP_PKTINFO,

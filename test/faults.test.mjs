@@ -1,3 +1,4 @@
+// @test-tag slow: about 35 s
 // Faults a forwarder must survive without corrupting, truncating or disguising a byte stream:
 // a target or a client killed (SIGKILL) mid-transfer, a mapping removed and the proxy closed
 // while data moves, and SIGTERM to portsplice-docker-proxy and to the CLI during transfers.

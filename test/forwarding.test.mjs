@@ -1,3 +1,4 @@
+// @test-tag slow: about 30 s of bulk transfers
 // Byte-exact forwarding (echo and independent streams, 0 B to 64 MiB), 1000 concurrent
 // connections, exact stats accounting, backpressure, IPv6, host names, threads: 2 and the
 // splice engine's copy fallback (small pipes, maxPipes).

@@ -1,3 +1,4 @@
+// @test-tag slow: about 30 s, waits out keep-alive probes
 // TCP keep-alive on both sockets of a proxied connection: the timer the kernel runs on each
 // (read with `ss -tnoep`, which shows the proxy's own sockets), the option's validation, and a
 // peer that vanishes without a FIN or RST, detected and turned into a reset of the other side.

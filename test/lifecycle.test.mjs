@@ -1,3 +1,4 @@
+// @test-tag slow: about 15 s
 // Connection and mapping lifecycle: half-close both ways, refused / silent / slow targets
 // (connectTimeoutMs), resets forwarded in both directions, remove/close with live and
 // in-flight connections, port reuse, descriptor leaks, EADDRINUSE and option validation.

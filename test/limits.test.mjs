@@ -1,3 +1,4 @@
+// @test-tag slow: about 90 s
 // Limits: backpressure toward slow readers with bounded memory, idle and half-open
 // connections that cost no CPU, file descriptors and pipes running out, and 10,000 concurrent
 // connections through one engine thread. The proxy runs in a child process where its memory,

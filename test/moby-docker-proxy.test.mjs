@@ -1,3 +1,4 @@
+// @test-tag slow: about 15 s
 // moby's own unit tests of docker-proxy, ported as black-box tests of the binary: the same
 // cases run against portsplice-docker-proxy (or PORTSPLICE_DOCKER_PROXY) and against the
 // installed docker-proxy (/usr/sbin/docker-proxy, Debian's docker.io 20.10), so that the file

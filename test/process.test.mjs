@@ -1,3 +1,4 @@
+// @test-tag slow: about 20 s
 // The proxy inside worker threads and child processes: loading, teardown, ref/unref.
 
 import { describe, test, before, after } from 'node:test';

@@ -1,3 +1,4 @@
+// @test-tag slow: about 20 s
 // threads: 'auto', the default: one engine thread while idle, more while the threads are
 // busy, never more than the CPUs the process may run on; busy connections handed over to a
 // new thread stay byte-exact and the counters stay exact. The drop-in's threads.

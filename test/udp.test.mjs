@@ -1,3 +1,4 @@
+// @test-tag timing: flow expiry windows
 // UDP forwarding: echo over IPv4, IPv6 and IPv6-to-IPv4 (and an empty datagram), 50 concurrent
 // clients kept apart, flow expiry (a datagram either way keeps a flow alive, as in Docker
 // 28.0.2+: a one-sided client keeps one source port, also when the target's port is closed), the largest IPv4 and IPv6 datagrams, udpMaxFlows eviction (LRU, and
