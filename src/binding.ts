@@ -23,6 +23,11 @@ export interface NativeMappingSpec {
 }
 
 /** One native proxy: an engine with its own epoll threads. */
+/**
+ * Every command takes a `requestId`, handed back to `onComplete`: a whole number from 1 to
+ * 2^53. The addon throws a RangeError for any other, 0 above all (ps::kNoRequest, a command
+ * nobody waits for); the engine's own stop in close() uses 2^64-1 (ps::kOwnerStopRequest).
+ */
 export interface NativeProxy {
   /**
    * Binds (and listens) synchronously, throwing an Error with `code`, `errno` and `syscall`
@@ -53,6 +58,8 @@ export interface NativeBinding {
   ) => NativeProxy;
   /** The names of the values of one mapping's row in `stats()`, in order. */
   statsFields: readonly string[];
+  /** Figures of the engine for tools that measure it (soak/), from native/core/ps_worker.h. */
+  engineConstants: Readonly<{ maxIdlePipesPerThread: number; fdsPerWorker: number }>;
 }
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

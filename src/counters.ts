@@ -37,7 +37,7 @@ export type RawCounters = {
   [N in CounterName]: Extract<CounterDef, readonly [N, string, string]>[1] extends 'bytes' ? bigint : number;
 };
 
-export const COUNTER_NAMES: readonly CounterName[] = COUNTERS.map(([name]) => name);
+const COUNTER_NAMES: readonly CounterName[] = COUNTERS.map(([name]) => name);
 
 /** All counters at zero. */
 export function newCounters(): RawCounters {

@@ -2,13 +2,13 @@
  * The engine-independent proxy: validates options, keeps mapping metadata, decides when the
  * engine's handles keep the event loop alive, and shapes the stats snapshot.
  */
-import type { Backend } from './backend.js';
+import type { Engine } from './engine.js';
 import { resolveMapping, validateCloseOptions, validateProxyOptions } from './config.js';
 import { bindingError } from './binding.js';
 import { proxyClosedError, unknownMappingError } from './errors.js';
 import { shapeStats } from './stats.js';
-import { SpliceBackend } from './splice-engine.js';
-import { StreamBackend } from './stream-engine.js';
+import { SpliceEngine } from './splice-engine.js';
+import { StreamEngine } from './stream-engine.js';
 import type {
   CloseOptions,
   DrainResult,
@@ -31,7 +31,7 @@ let warnedFallback = false;
 /**
  * The engine when none is asked for: splice on Linux when its addon loads, else stream (with a
  * one-time warning that names what is missing, so that a failed install does not go unnoticed).
- * An explicit `engine: 'splice'` never falls back: SpliceBackend throws the load error.
+ * An explicit `engine: 'splice'` never falls back: SpliceEngine throws the load error.
  */
 function defaultEngine(): EngineName {
   if (process.platform !== 'linux') return 'stream';
@@ -51,7 +51,7 @@ const openProxies = new Set<PortspliceProxy>();
 
 class PortspliceProxy implements Proxy {
   readonly engine: EngineName;
-  #backend: Backend;
+  #engine: Engine;
   #mappings = new Map<number, Mapping>();
   /** Mappings whose listener is closed: draining before their removal. */
   #stopped = new Set<number>();
@@ -65,7 +65,7 @@ class PortspliceProxy implements Proxy {
     const validated = validateProxyOptions(options, 'splice');
     const resolved = options?.engine === undefined ? { ...validated, engine: defaultEngine() } : validated;
     this.engine = resolved.engine;
-    this.#backend = resolved.engine === 'splice' ? new SpliceBackend(resolved) : new StreamBackend();
+    this.#engine = resolved.engine === 'splice' ? new SpliceEngine(resolved) : new StreamEngine();
     openProxies.add(this);
     this.#updateRef();
   }
@@ -82,7 +82,7 @@ class PortspliceProxy implements Proxy {
     const ref = this.#pending > 0 || (this.#wantRef && this.#mappings.size > 0);
     if (ref !== this.#isRefed && !this.closed) {
       this.#isRefed = ref;
-      this.#backend.setRef(ref);
+      this.#engine.setRef(ref);
     }
   }
 
@@ -102,12 +102,12 @@ class PortspliceProxy implements Proxy {
     const spec = await resolveMapping(options);
     return this.#track(async () => {
       if (this.closed) throw proxyClosedError();
-      const { id, port } = await this.#backend.add(spec);
+      const { id, port } = await this.#engine.add(spec);
       if (this.closed) {
         // close() began while the engine was binding. During a drain the engine is still
         // running and this mapping, which the drain does not know, must not accept; once
         // the engine closes, remove() is a no-op (the engine takes everything down).
-        await this.#backend.remove(id);
+        await this.#engine.remove(id);
         throw proxyClosedError();
       }
       const mapping: Mapping = Object.freeze({
@@ -134,7 +134,7 @@ class PortspliceProxy implements Proxy {
       if (this.closed) return { reset };
       this.#mappings.delete(id);
       this.#stopped.delete(id);
-      await this.#backend.remove(id);
+      await this.#engine.remove(id);
       return { reset };
     });
   }
@@ -150,7 +150,7 @@ class PortspliceProxy implements Proxy {
       this.#closing = this.#drain([...this.#mappings.keys()], drainTimeoutMs)
         .then(async (reset) => {
           this.#mappings.clear();
-          await this.#backend.close();
+          await this.#engine.close();
           return { reset };
         })
         .finally(() => openProxies.delete(this));
@@ -160,7 +160,7 @@ class PortspliceProxy implements Proxy {
 
   /** Open TCP connections of these mappings (UDP flows have no end to wait for). */
   #openConnections(ids: readonly number[]): number {
-    const counters = this.#backend.counters();
+    const counters = this.#engine.counters();
     let active = 0;
     for (const id of ids)
       if (this.#mappings.get(id)?.proto === 'tcp') active += counters.get(id)?.active ?? 0;
@@ -175,7 +175,7 @@ class PortspliceProxy implements Proxy {
     if (timeoutMs === 0 || ids.length === 0) return this.#openConnections(ids);
     const listening = ids.filter((id) => !this.#stopped.has(id));
     for (const id of listening) this.#stopped.add(id);
-    await Promise.all(listening.map((id) => this.#backend.stopListening(id)));
+    await Promise.all(listening.map((id) => this.#engine.stopListening(id)));
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const active = this.#openConnections(ids);
@@ -185,13 +185,13 @@ class PortspliceProxy implements Proxy {
   }
 
   stats(): ProxyStats {
-    const counters = this.#backend.counters();
+    const counters = this.#engine.counters();
     const mappings: MappingStats[] = [];
     for (const [id, m] of this.#mappings) {
       const c = counters.get(id);
       if (c) mappings.push(shapeStats(m, c));
     }
-    return { engine: this.engine, threads: this.#backend.threads(), mappings };
+    return { engine: this.engine, threads: this.#engine.threads(), mappings };
   }
 
   ref(): this {

@@ -2,7 +2,7 @@
  * The splice engine: a thin adapter over the native addon. JavaScript sends commands and
  * reads counter snapshots; the bytes never cross into JavaScript.
  */
-import type { Backend } from './backend.js';
+import type { Engine } from './engine.js';
 import { checkNativeFields, COUNTERS, type RawCounters } from './counters.js';
 import { loadBinding, type NativeProxy } from './binding.js';
 import type { ResolvedMapping, ResolvedProxyOptions } from './config.js';
@@ -38,9 +38,11 @@ export function engineError(errno: number, context: RequestContext): PortspliceE
   });
 }
 
-export class SpliceBackend implements Backend {
+export class SpliceEngine implements Engine {
   #native: NativeProxy;
   #pending = new Map<number, { resolve: () => void; reject: (e: Error) => void; context: RequestContext }>();
+  /** Request ids count up from 1: 0 and 2^64-1 are the core's (ps::kNoRequest,
+   * ps::kOwnerStopRequest), which the addon refuses with a RangeError. */
   #nextRequest = 1;
   #closing = false;
 

@@ -3,25 +3,14 @@
  * benchmarks compare against. It keeps the splice engine's semantics: half-close forwarded
  * after the data before it, resets forwarded as resets, failures and drops counted.
  */
-import type { Backend } from './backend.js';
+import type { Engine } from './engine.js';
 import { newCounters, type RawCounters } from './counters.js';
 import type { ResolvedMapping } from './config.js';
+import type { StreamMapping } from './stream-mapping.js';
 import { StreamTcpMapping } from './stream-tcp.js';
 import { StreamUdpMapping } from './stream-udp.js';
 
-/** One mapping of the stream engine, whatever its protocol. */
-export interface StreamMapping {
-  readonly counters: RawCounters;
-  /** Binds; resolves to the port actually bound. */
-  listen(): Promise<number>;
-  /** Stops taking new connections or flows; TCP connections go on. */
-  stopListening(): void;
-  /** Stops everything, resetting open connections. */
-  close(): Promise<void>;
-  setRef(ref: boolean): void;
-}
-
-export class StreamBackend implements Backend {
+export class StreamEngine implements Engine {
   #mappings = new Map<number, StreamMapping>();
   #nextId = 1;
   #ref = true;

@@ -3,9 +3,9 @@
  * the target with the bytes pumped both ways through user space.
  */
 import net from 'node:net';
-import type { RawCounters } from './backend.js';
+import type { RawCounters } from './counters.js';
 import type { ResolvedMapping } from './config.js';
-import type { StreamMapping } from './stream-engine.js';
+import type { StreamMapping } from './stream-mapping.js';
 
 /**
  * Resets a socket (RST), or closes it where Node cannot: libuv refuses to reset a socket

@@ -7,9 +7,9 @@
  */
 import dgram from 'node:dgram';
 import { isIPv6 } from 'node:net';
-import type { RawCounters } from './backend.js';
+import type { RawCounters } from './counters.js';
 import type { ResolvedMapping } from './config.js';
-import type { StreamMapping } from './stream-engine.js';
+import type { StreamMapping } from './stream-mapping.js';
 
 interface Flow {
   socket: dgram.Socket;

@@ -1,3 +1,4 @@
+// @test-tag slow: about 35 s of property tests
 // Bad input, generated with fast-check: every option of the API (createProxy, add, close,
 // remove), the CLI's config files, --metrics and docker-proxy flags, and the drop-in binary's
 // flags get wrong values (types, ranges, malformed addresses, absurd sizes, unknown keys).

@@ -1,3 +1,4 @@
+// @test-tag timing: CPU readings of busy processes
 // The benchmark suite's peer methods (HAProxy, socat) and the CPU reading of a forking
 // server, over real sockets on loopback in the current namespace. Skipped with the reason
 // when a peer is not installed.
@@ -40,25 +41,24 @@ function roundTrip(port, payload) {
   });
 }
 
-test('the CPU of a forking process counts its children, reaped or not', async () => {
+test('the CPU of a forking process counts its children, reaped or not', async (t) => {
   // Two children that each burn 0.3 s of CPU, reaped by the shell (wait), which then idles.
   const burn = `${JSON.stringify(process.execPath)} -e "while (process.cpuUsage().user < 300000);"`;
   // exec: the shell becomes sleep, with no child of its own and its cutime kept.
   const shell = spawn('sh', ['-c', `${burn} & ${burn} & wait; exec sleep 30`], { stdio: 'ignore' });
-  try {
-    const deadline = Date.now() + 25000;
-    let seen = false;
-    while (Date.now() < deadline) {
-      if (childPids(shell.pid).length > 0) seen = true;
-      if (seen && childPids(shell.pid).length === 0) break; // both reaped
-      await sleep(20);
-    }
-    assert.ok(seen, 'the children were listed while they ran');
-    assert.ok(processCpuSeconds(shell.pid) < 0.1, 'the shell itself burns nothing');
-    assert.ok(processTreeCpuSeconds(shell.pid) >= 0.4, `tree CPU ${processTreeCpuSeconds(shell.pid)} s`);
-  } finally {
+  t.after(async () => {
     shell.kill('SIGKILL');
+  });
+  const deadline = Date.now() + 25000;
+  let seen = false;
+  while (Date.now() < deadline) {
+    if (childPids(shell.pid).length > 0) seen = true;
+    if (seen && childPids(shell.pid).length === 0) break; // both reaped
+    await sleep(20);
   }
+  assert.ok(seen, 'the children were listed while they ran');
+  assert.ok(processCpuSeconds(shell.pid) < 0.1, 'the shell itself burns nothing');
+  assert.ok(processTreeCpuSeconds(shell.pid) >= 0.4, `tree CPU ${processTreeCpuSeconds(shell.pid)} s`);
 });
 
 test('the HAProxy configuration forwards raw TCP with splice-auto and no logging', () => {

@@ -1,3 +1,4 @@
+// @test-tag slow: about 15 s in network namespaces
 // Connection churn with the client closing first (moby#47537): the proxy's socket to the
 // target is then the active closer, and its source ports sit in TIME_WAIT for 60 s. Left to
 // the kernel, connect() finds no free port once the range is used up within a minute

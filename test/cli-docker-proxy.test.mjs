@@ -3,7 +3,7 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,15 +19,12 @@ import {
   exchange,
   withTimeout,
   closeServers,
+  spawnChild,
 } from './helpers.mjs';
 
 const VERSION = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'portsplice-dp-install-'));
-const children = new Set();
-
 after(() => {
-  for (const child of children)
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -52,26 +49,17 @@ function daemonJson(out) {
 /** Starts `binary` as dockerd starts docker-proxy (fd 3 a pipe) and waits for "0\n". */
 async function startDropIn(binary, hostPort, containerPort) {
   const args = ['-proto', 'tcp', '-host-ip', V4, '-host-port', String(hostPort), '-container-ip', V4];
-  const child = spawn(binary, [...args, '-container-port', String(containerPort)], {
-    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
-  });
-  children.add(child);
-  let status = '';
-  child.stdio[3].setEncoding('utf8').on('data', (d) => (status += d));
-  await withTimeout(
-    new Promise((resolve) => child.stdio[3].on('close', resolve)),
-    5000,
-    'status of the installed drop-in',
-    () => child.kill('SIGKILL'),
+  const child = spawnChild(binary, [...args, '-container-port', String(containerPort)], { statusPipe: true });
+  const status = await withTimeout(child.statusDone, 5000, 'status of the installed drop-in', () =>
+    child.kill('SIGKILL'),
   );
   assert.equal(status, '0\n');
   return child;
 }
 
 async function stopChild(child) {
-  const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
-  await withTimeout(exited, 5000, 'drop-in exit', () => child.kill('SIGKILL'));
+  await withTimeout(child.exited, 5000, 'drop-in exit', () => child.kill('SIGKILL'));
 }
 
 test('docker-proxy (and docker-proxy path) print the path of the drop-in', () => {
@@ -84,7 +72,7 @@ test('docker-proxy (and docker-proxy path) print the path of the drop-in', () =>
   }
 });
 
-test('docker-proxy install DIR copies a binary that runs and forwards, and prints the daemon.json lines', async () => {
+test('docker-proxy install DIR copies a binary that runs and forwards, and prints the daemon.json lines', async (t) => {
   const dir = path.join(tmp, 'usr', 'local', 'libexec', 'docker');
   const r = cli(['docker-proxy', 'install', dir]);
   assert.equal(r.code, 0, r.err);
@@ -97,22 +85,21 @@ test('docker-proxy install DIR copies a binary that runs and forwards, and print
 
   const echo = await startEchoServer();
   const child = await startDropIn(installed, await freePort(), echo.port);
-  try {
-    const port = Number(child.spawnargs[child.spawnargs.indexOf('-host-port') + 1]);
-    const payload = randomPayload(512 * 1024);
-    const got = await exchange(port, V4, payload);
-    assert.equal(got.sha256, sha256(payload));
-
-    // Reinstalling over the copy that is running (an upgrade under a live dockerd) works: the
-    // new file is renamed into place, and the running proxy goes on serving.
-    const again = cli(['docker-proxy', 'install', dir]);
-    assert.equal(again.code, 0, again.err);
-    const second = await exchange(port, V4, payload);
-    assert.equal(second.sha256, sha256(payload));
-  } finally {
+  t.after(async () => {
     await stopChild(child);
     await closeServers(echo);
-  }
+  });
+  const port = Number(child.spawnargs[child.spawnargs.indexOf('-host-port') + 1]);
+  const payload = randomPayload(512 * 1024);
+  const got = await exchange(port, V4, payload);
+  assert.equal(got.sha256, sha256(payload));
+
+  // Reinstalling over the copy that is running (an upgrade under a live dockerd) works: the
+  // new file is renamed into place, and the running proxy goes on serving.
+  const again = cli(['docker-proxy', 'install', dir]);
+  assert.equal(again.code, 0, again.err);
+  const second = await exchange(port, V4, payload);
+  assert.equal(second.sha256, sha256(payload));
 });
 
 test('docker-proxy install takes a relative DIR and prints the absolute path', () => {

@@ -4,111 +4,24 @@
 //
 // Like helpers.mjs, this module only declares functions: importing it has no side effects.
 
-import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
-import { V4, withTimeout, waitFor, startServer, closeServers } from './helpers.mjs';
+import { V4, withTimeout, waitFor, startServer, closeServers, spawnChild, killChildren } from './helpers.mjs';
 
 export const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 
-const children = new Set();
-
 /**
- * Spawn the CLI with `args`. Returns the child, with `out` and `err` (text so far), `lines`
- * (complete stdout lines), `waitLine(pred, what, timeout)`, `waitExit(timeout)` resolving
- * `{ code, signal, ms }`, and `status` (what it wrote to fd 3, when `statusPipe` is set).
+ * Spawn the CLI with `args`: spawnChild (helpers.mjs) of `node dist/cli/main.js`, with its
+ * options (`statusPipe`, `env`, `t`) and its child (`out`, `lines`, `waitLine`, `waitExit`...).
  */
-export function spawnCli(args, { statusPipe = false, env } = {}) {
-  const stdio = statusPipe ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'];
-  const child = spawn(process.execPath, [CLI, ...args], { stdio, env: { ...process.env, ...env } });
-  children.add(child);
-  child.out = '';
-  child.err = '';
-  child.status = '';
-  child.lines = [];
-  let partial = '';
-  const listeners = new Set();
-  const notify = () => {
-    for (const fn of listeners) fn();
-  };
-  child.stdout.setEncoding('utf8');
-  child.stdout.on('data', (text) => {
-    child.out += text;
-    partial += text;
-    const parts = partial.split('\n');
-    partial = parts.pop();
-    child.lines.push(...parts);
-    notify();
-  });
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (text) => {
-    child.err += text;
-    notify();
-  });
-  if (statusPipe) {
-    child.stdio[3].setEncoding('utf8');
-    child.stdio[3].on('data', (text) => {
-      child.status += text;
-      notify();
-    });
-    child.stdio[3].on('error', () => {});
-  }
-  const started = Date.now();
-  child.exited = new Promise((resolve) => {
-    child.once('exit', (code, signal) => {
-      child.exitInfo = { code, signal, ms: Date.now() - started };
-      children.delete(child);
-      notify();
-      resolve(child.exitInfo);
-    });
-  });
-  const describe = () => `stdout: ${JSON.stringify(child.out)}; stderr: ${JSON.stringify(child.err)}`;
-  child.describe = describe;
-
-  /** Resolve when `check()` returns a truthy value (returned), reject on timeout or on exit. */
-  child.until = (check, what, timeout = 10000) =>
-    withTimeout(
-      new Promise((resolve, reject) => {
-        const fn = () => {
-          const value = check();
-          if (value) {
-            listeners.delete(fn);
-            resolve(value);
-          } else if (child.exitInfo) {
-            listeners.delete(fn);
-            reject(
-              new Error(`the CLI exited (${JSON.stringify(child.exitInfo)}) before ${what}; ${describe()}`),
-            );
-          }
-        };
-        listeners.add(fn);
-        fn();
-      }),
-      timeout,
-      `${what}; ${describe()}`,
-    );
-  /** The first stdout line matching `pred` (a RegExp or function). */
-  child.waitLine = (pred, what = String(pred), timeout) =>
-    child.until(
-      () => child.lines.find((line) => (pred instanceof RegExp ? pred.test(line) : pred(line))),
-      `a line ${what}`,
-      timeout,
-    );
-  child.waitExit = (timeout = 10000) =>
-    withTimeout(child.exited, timeout, `the CLI to exit; ${describe()}`, () => child.kill('SIGKILL'));
-  return child;
+export function spawnCli(args, options) {
+  return spawnChild(process.execPath, [CLI, ...args], options);
 }
 
 /** Kill every child still running (for `after` hooks) and wait for them, bounded. */
-export async function killAll() {
-  const pending = [...children].map((child) => {
-    child.kill('SIGKILL');
-    return withTimeout(child.exited, 5000, 'killed child to exit').catch(() => {});
-  });
-  await Promise.all(pending);
-}
+export const killAll = killChildren;
 
 /**
  * Start the CLI and wait until it printed one startup line per mapping; returns the child and

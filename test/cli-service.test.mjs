@@ -297,7 +297,7 @@ const HAVE_NOTIFY_TOOLS =
 test(
   'Type=notify: READY=1 with a STATUS once listening, RELOADING=1 and READY=1 around a reload, STOPPING=1 on SIGTERM',
   { skip: HAVE_NOTIFY_TOOLS ? false : 'needs python3 (to play systemd) and systemd-notify' },
-  async () => {
+  async (t) => {
     const socketPath = path.join(tmp, 'notify.sock');
     const fake = spawn('python3', ['-c', FAKE_SYSTEMD, socketPath], { stdio: ['ignore', 'pipe', 'inherit'] });
     const messages = [];
@@ -322,39 +322,36 @@ test(
         10000,
         `${what}; got ${JSON.stringify(messages)}`,
       );
-    try {
-      await until((m) => m === 'LISTENING', 'the fake systemd');
-      const echo = await startEchoServer();
-      servers.push(echo);
-      const file = path.join(tmp, 'notify.json');
-      writeConfig(file, [spec(0, echo.port)]);
-      const child = spawnCli(['--config', file], { env: { NOTIFY_SOCKET: socketPath } });
-
-      assert.equal(
-        await until((m) => m.startsWith('READY=1'), 'READY=1'),
-        `READY=1\nSTATUS=forwarding 1 mapping (${'splice'} engine)`,
-      );
-      child.kill('SIGHUP');
-      const reloading = await until((m) => m.startsWith('RELOADING=1'), 'RELOADING=1');
-      assert.match(reloading, /^RELOADING=1\nMONOTONIC_USEC=\d+$/);
-      await until(
-        (m, i, all) => m.startsWith('READY=1') && all.indexOf(m) !== all.lastIndexOf(m),
-        'a second READY=1',
-      );
-
-      child.kill('SIGTERM');
-      assert.equal(
-        await until((m) => m.startsWith('STOPPING=1'), 'STOPPING=1'),
-        'STOPPING=1\nSTATUS=SIGTERM: draining, no open connections',
-      );
-      assert.equal((await child.waitExit()).code, 0, child.describe());
-      const order = messages
-        .filter((m) => m !== 'BARRIER=1' && m !== 'LISTENING')
-        .map((m) => m.split('\n')[0]);
-      assert.deepEqual(order, ['READY=1', 'RELOADING=1', 'READY=1', 'STOPPING=1']);
-    } finally {
+    t.after(async () => {
       fake.kill('SIGKILL');
-    }
+    });
+    await until((m) => m === 'LISTENING', 'the fake systemd');
+    const echo = await startEchoServer();
+    servers.push(echo);
+    const file = path.join(tmp, 'notify.json');
+    writeConfig(file, [spec(0, echo.port)]);
+    const child = spawnCli(['--config', file], { env: { NOTIFY_SOCKET: socketPath } });
+
+    assert.equal(
+      await until((m) => m.startsWith('READY=1'), 'READY=1'),
+      `READY=1\nSTATUS=forwarding 1 mapping (${'splice'} engine)`,
+    );
+    child.kill('SIGHUP');
+    const reloading = await until((m) => m.startsWith('RELOADING=1'), 'RELOADING=1');
+    assert.match(reloading, /^RELOADING=1\nMONOTONIC_USEC=\d+$/);
+    await until(
+      (m, i, all) => m.startsWith('READY=1') && all.indexOf(m) !== all.lastIndexOf(m),
+      'a second READY=1',
+    );
+
+    child.kill('SIGTERM');
+    assert.equal(
+      await until((m) => m.startsWith('STOPPING=1'), 'STOPPING=1'),
+      'STOPPING=1\nSTATUS=SIGTERM: draining, no open connections',
+    );
+    assert.equal((await child.waitExit()).code, 0, child.describe());
+    const order = messages.filter((m) => m !== 'BARRIER=1' && m !== 'LISTENING').map((m) => m.split('\n')[0]);
+    assert.deepEqual(order, ['READY=1', 'RELOADING=1', 'READY=1', 'STOPPING=1']);
   },
 );
 

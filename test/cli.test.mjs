@@ -1,3 +1,4 @@
+// @test-tag slow: about 25 s
 // The `portsplice` command as a child process: forwarding with -p (single ports, ranges, UDP,
 // IPv4 and IPv6 without a host IP, a host range to one port, a config file), --json, --metrics, shutdown on signals with draining,
 // docker-proxy's fd 3 status pipe, bad arguments and all-or-nothing startup.
@@ -197,7 +198,7 @@ describe('forwarding', () => {
     assert.ok(await canBind(port), 'nothing listens');
   });
 
-  test('--config file with API-shaped mappings and -p strings', async () => {
+  test('--config file with API-shaped mappings and -p strings', async (t) => {
     const echo = await echoServer();
     const [a, b] = [await freePort(), await freePort()];
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portsplice-cli-'));
@@ -212,17 +213,16 @@ describe('forwarding', () => {
         ],
       }),
     );
-    try {
-      const { child, ports } = await startCli(['--config', file], 2);
-      assert.deepEqual(ports, [a, b]);
-      for (const port of ports) {
-        const got = await exchange(port, V4, Buffer.from(`via ${port}`), { keep: true });
-        assert.equal(got.data.toString(), `via ${port}`);
-      }
-      assert.equal((await stopCli(child)).code, 0);
-    } finally {
+    t.after(async () => {
       fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const { child, ports } = await startCli(['--config', file], 2);
+    assert.deepEqual(ports, [a, b]);
+    for (const port of ports) {
+      const got = await exchange(port, V4, Buffer.from(`via ${port}`), { keep: true });
+      assert.equal(got.data.toString(), `via ${port}`);
     }
+    assert.equal((await stopCli(child)).code, 0);
   });
 });
 

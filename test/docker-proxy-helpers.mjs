@@ -5,10 +5,10 @@
 // Like helpers.mjs, this module only declares functions: `node --test test/` may run it on its
 // own as if it were a test file.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 
-import { V4, withTimeout, freePort } from './helpers.mjs';
+import { V4, withTimeout, freePort, spawnChild } from './helpers.mjs';
 
 export const HAVE_PYTHON = spawnSync('python3', ['-c', 'pass']).status === 0;
 
@@ -31,33 +31,28 @@ export function killAll() {
 }
 
 /**
- * Start `command args` with fd 3 a pipe, as dockerd does. Returns { child, exited, status(),
- * stdout, stderr }: `exited` resolves { code, signal }; `status()` resolves everything written
- * to fd 3 once the proxy closes it (it does so right after writing), bounded.
+ * Start `command args` with fd 3 a pipe, as dockerd does (spawnChild of helpers.mjs).
+ * Returns { child, exited, status(), stdout, stderr }: `exited` resolves { code, signal };
+ * `status()` resolves everything written to fd 3 once the proxy closes it (it does so right
+ * after writing), bounded.
  */
 export function launch(args, { command, fd3 = true, env } = {}) {
-  const child = spawn(command, args, {
-    stdio: ['ignore', 'pipe', 'pipe', ...(fd3 ? ['pipe'] : [])],
-    env: env ? { ...process.env, ...env } : process.env,
-  });
+  const child = spawnChild(command, args, { statusPipe: fd3, env });
   children.add(child);
-  const run = { child, stdout: '', stderr: '' };
-  child.stdout.setEncoding('utf8').on('data', (d) => (run.stdout += d));
-  child.stderr.setEncoding('utf8').on('data', (d) => (run.stderr += d));
-  run.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  const statusDone = fd3
-    ? new Promise((resolve) => {
-        let text = '';
-        const pipe = child.stdio[3];
-        pipe.setEncoding('utf8');
-        pipe.on('data', (d) => (text += d));
-        pipe.on('error', () => {});
-        pipe.on('close', () => resolve(text));
-      })
-    : Promise.resolve('');
-  run.status = () =>
-    withTimeout(statusDone, 5000, `status on fd 3 from ${args.join(' ')}`, () => child.kill('SIGKILL'));
-  return run;
+  return {
+    child,
+    get stdout() {
+      return child.out;
+    },
+    get stderr() {
+      return child.err;
+    },
+    exited: child.exited,
+    status: () =>
+      withTimeout(child.statusDone, 5000, `status on fd 3 from ${args.join(' ')}`, () =>
+        child.kill('SIGKILL'),
+      ),
+  };
 }
 
 /** Wait for a process to exit, bounded; resolves { code, signal }. */

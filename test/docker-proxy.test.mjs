@@ -1,3 +1,4 @@
+// @test-tag slow: about 30 s
 // portsplice-docker-proxy, the drop-in replacement for Docker's docker-proxy: its flags, the
 // readiness protocol on fd 3, forwarding, stopping on signals, and the socket passed as fd 4
 // made exactly as dockerd 28 and 29 make it (blocking, SO_REUSEADDR, IPV6_V6ONLY, IP_PKTINFO,
@@ -143,97 +144,84 @@ describe('portsplice-docker-proxy: forwarding', () => {
     await closeServers(echo, udpEcho);
   });
 
-  test('TCP: "0\\n" on fd 3, then 1 MiB byte-exact both ways, with every Go flag syntax', async () => {
+  test('TCP: "0\\n" on fd 3, then 1 MiB byte-exact both ways, with every Go flag syntax', async (t) => {
     echo ??= await startEchoServer();
     let run;
-    try {
-      const hostPort = await freePort();
-      // -f v, -f=v, --f v, --f=v, and a boolean with an explicit value.
-      run = launch([
-        '--proto=tcp',
-        '-host-ip=127.0.0.1',
-        '--host-port',
-        String(hostPort),
-        '-container-ip',
-        V4,
-        '-container-port=' + echo.port,
-        '-use-listen-fd=false',
-      ]);
-      assert.equal(await run.status(), '0\n');
-      const payload = randomPayload(MiB);
-      const received = await exchange(hostPort, V4, payload, { timeout: 10000 });
-      assert.equal(received.bytes, payload.length);
-      assert.equal(received.sha256, sha256(payload));
-      assert.equal(run.stdout + run.stderr, '', 'nothing is printed on success');
-    } finally {
-      await stop(run);
-    }
+    t.after(() => stop(run));
+    const hostPort = await freePort();
+    // -f v, -f=v, --f v, --f=v, and a boolean with an explicit value.
+    run = launch([
+      '--proto=tcp',
+      '-host-ip=127.0.0.1',
+      '--host-port',
+      String(hostPort),
+      '-container-ip',
+      V4,
+      '-container-port=' + echo.port,
+      '-use-listen-fd=false',
+    ]);
+    assert.equal(await run.status(), '0\n');
+    const payload = randomPayload(MiB);
+    const received = await exchange(hostPort, V4, payload, { timeout: 10000 });
+    assert.equal(received.bytes, payload.length);
+    assert.equal(received.sha256, sha256(payload));
+    assert.equal(run.stdout + run.stderr, '', 'nothing is printed on success');
   });
 
-  test('TCP: a port in use fails with "1\\n" and the bind error, exit 1', async () => {
+  test('TCP: a port in use fails with "1\\n" and the bind error, exit 1', async (t) => {
     echo ??= await startEchoServer();
     let first;
-    try {
-      first = await startForwarder({ containerPort: echo.port });
-      const second = launch(proxyArgs({ hostPort: first.port, containerPort: echo.port }));
-      const status = await second.status();
-      assert.match(status, /^1\n/);
-      assert.match(status, /address already in use|EADDRINUSE/i);
-      assert.deepEqual(await exitOf(second), { code: 1, signal: null });
-    } finally {
-      await stop(first);
-    }
+    t.after(() => stop(first));
+    first = await startForwarder({ containerPort: echo.port });
+    const second = launch(proxyArgs({ hostPort: first.port, containerPort: echo.port }));
+    const status = await second.status();
+    assert.match(status, /^1\n/);
+    assert.match(status, /address already in use|EADDRINUSE/i);
+    assert.deepEqual(await exitOf(second), { code: 1, signal: null });
   });
 
-  test('TCP: IPv6 host address (::1) to an IPv4 container address', async () => {
+  test('TCP: IPv6 host address (::1) to an IPv4 container address', async (t) => {
     echo ??= await startEchoServer();
     let run;
-    try {
-      run = await startForwarder({ hostIp: V6, containerPort: echo.port });
-      const payload = randomPayload(64 * 1024);
-      const received = await exchange(run.port, V6, payload);
-      assert.equal(received.sha256, sha256(payload));
-    } finally {
-      await stop(run);
-    }
+    t.after(() => stop(run));
+    run = await startForwarder({ hostIp: V6, containerPort: echo.port });
+    const payload = randomPayload(64 * 1024);
+    const received = await exchange(run.port, V6, payload);
+    assert.equal(received.sha256, sha256(payload));
   });
 
-  test('UDP: datagrams are echoed back from the proxy port', async () => {
+  test('UDP: datagrams are echoed back from the proxy port', async (t) => {
     udpEcho ??= await startUdpEcho();
     const client = dgram.createSocket('udp4');
     let run;
-    try {
-      run = await startForwarder({ proto: 'udp', containerPort: udpEcho.port });
-      await new Promise((resolve) => client.bind(0, V4, resolve));
-      for (const size of [1, 1400, 9000]) {
-        const payload = randomPayload(size);
-        const { msg, rinfo } = await udpRoundTrip(client, run.port, payload);
-        assert.ok(msg.equals(payload), `${size}-byte datagram echoed intact`);
-        assert.equal(rinfo.port, run.port, 'the reply comes from the proxy port');
-        assert.equal(rinfo.address, V4);
-      }
-    } finally {
+    t.after(async () => {
       client.close();
       await stop(run);
+    });
+    run = await startForwarder({ proto: 'udp', containerPort: udpEcho.port });
+    await new Promise((resolve) => client.bind(0, V4, resolve));
+    for (const size of [1, 1400, 9000]) {
+      const payload = randomPayload(size);
+      const { msg, rinfo } = await udpRoundTrip(client, run.port, payload);
+      assert.ok(msg.equals(payload), `${size}-byte datagram echoed intact`);
+      assert.equal(rinfo.port, run.port, 'the reply comes from the proxy port');
+      assert.equal(rinfo.address, V4);
     }
   });
 
-  test('without fd 3 (run by hand) it still serves', async () => {
+  test('without fd 3 (run by hand) it still serves', async (t) => {
     echo ??= await startEchoServer();
     const hostPort = await freePort();
     const run = launch(proxyArgs({ hostPort, containerPort: echo.port }), { fd3: false });
-    try {
-      let socket;
-      for (let i = 0; i < 100 && !socket; i++) {
-        socket = await connect(hostPort, V4, { timeout: 1000 }).catch(() => undefined);
-        if (!socket) await new Promise((resolve) => setTimeout(resolve, 20));
-      }
-      assert.ok(socket, 'the port accepts connections');
-      await pingEcho(socket);
-      socket.destroy();
-    } finally {
-      await stop(run);
+    t.after(() => stop(run));
+    let socket;
+    for (let i = 0; i < 100 && !socket; i++) {
+      socket = await connect(hostPort, V4, { timeout: 1000 }).catch(() => undefined);
+      if (!socket) await new Promise((resolve) => setTimeout(resolve, 20));
     }
+    assert.ok(socket, 'the port accepts connections');
+    await pingEcho(socket);
+    socket.destroy();
   });
 });
 
@@ -245,23 +233,20 @@ describe('portsplice-docker-proxy: stopping', () => {
   });
 
   for (const signal of ['SIGINT', 'SIGTERM']) {
-    test(`${signal}: exits 0 within 1 s with a connection open; the port is then refused`, async () => {
+    test(`${signal}: exits 0 within 1 s with a connection open; the port is then refused`, async (t) => {
       echo ??= await startEchoServer();
       let run;
       let socket;
-      try {
-        run = await startForwarder({ containerPort: echo.port });
-        socket = await connect(run.port, V4);
-        await pingEcho(socket);
-        const start = Date.now();
-        run.child.kill(signal);
-        assert.deepEqual(await exitOf(run, 1000), { code: 0, signal: null });
-        assert.ok(Date.now() - start < 1000, `exited in ${Date.now() - start} ms`);
-        await expectRefused(run.port, V4);
-      } finally {
-        socket?.destroy();
-        await stop(run);
-      }
+      t.after(() => socket?.destroy());
+      t.after(() => stop(run));
+      run = await startForwarder({ containerPort: echo.port });
+      socket = await connect(run.port, V4);
+      await pingEcho(socket);
+      const start = Date.now();
+      run.child.kill(signal);
+      assert.deepEqual(await exitOf(run, 1000), { code: 0, signal: null });
+      assert.ok(Date.now() - start < 1000, `exited in ${Date.now() - start} ms`);
+      await expectRefused(run.port, V4);
     });
   }
 });
@@ -382,29 +367,26 @@ describe(
       ['bound but not listening: TCP is put to listen', { proto: 'tcp', host: V4, noListen: true }],
     ];
     for (const [name, socket] of cases) {
-      test(`${name}: adopted as is, bytes flow`, async () => {
+      test(`${name}: adopted as is, bytes flow`, async (t) => {
         const target = await backend(socket.proto, socket.host);
         let run;
-        try {
-          run = await launchLikeDockerd(dockerProxyPath, {
-            socket,
-            args: listenFdArgs(socket, socket.host, target.port),
-          });
-          assertAdopted(run, socket);
-          if (socket.proto === 'tcp') await assertTcpForwards(run.port, socket.host);
-          else await assertUdpForwards(run.port, socket.host);
-          // dockerd's SIGINT: exit 0, and the port is free (the stand-in closed its copy).
-          run.child.kill('SIGINT');
-          assert.deepEqual(await exitOf(run, 2000), { code: 0, signal: null });
-          if (socket.proto === 'tcp') await expectRefused(run.port, socket.host);
-        } finally {
-          await stop(run);
-        }
+        t.after(() => stop(run));
+        run = await launchLikeDockerd(dockerProxyPath, {
+          socket,
+          args: listenFdArgs(socket, socket.host, target.port),
+        });
+        assertAdopted(run, socket);
+        if (socket.proto === 'tcp') await assertTcpForwards(run.port, socket.host);
+        else await assertUdpForwards(run.port, socket.host);
+        // dockerd's SIGINT: exit 0, and the port is free (the stand-in closed its copy).
+        run.child.kill('SIGINT');
+        assert.deepEqual(await exitOf(run, 2000), { code: 0, signal: null });
+        if (socket.proto === 'tcp') await expectRefused(run.port, socket.host);
       });
     }
 
     for (const proto of ['tcp', 'udp']) {
-      test(`dual-stack [::] with IPV6_V6ONLY=0 (${proto}): works over 127.0.0.1 and [::1], V6ONLY stays 0`, async () => {
+      test(`dual-stack [::] with IPV6_V6ONLY=0 (${proto}): works over 127.0.0.1 and [::1], V6ONLY stays 0`, async (t) => {
         const target = await backend(proto, V4);
         const socket = {
           proto,
@@ -415,18 +397,15 @@ describe(
           filter: 'detach',
         };
         let run;
-        try {
-          run = await launchLikeDockerd(dockerProxyPath, {
-            socket,
-            args: listenFdArgs(socket, V4, target.port),
-          });
-          assertAdopted(run, socket);
-          for (const host of [V4, V6]) {
-            if (proto === 'tcp') await assertTcpForwards(run.port, host);
-            else await assertUdpForwards(run.port, host);
-          }
-        } finally {
-          await stop(run);
+        t.after(() => stop(run));
+        run = await launchLikeDockerd(dockerProxyPath, {
+          socket,
+          args: listenFdArgs(socket, V4, target.port),
+        });
+        assertAdopted(run, socket);
+        for (const host of [V4, V6]) {
+          if (proto === 'tcp') await assertTcpForwards(run.port, host);
+          else await assertUdpForwards(run.port, host);
         }
       });
     }
@@ -434,35 +413,29 @@ describe(
     test(
       'the soft RLIMIT_NOFILE of 1024 (systemd) is raised to the hard limit',
       { skip: Number(HARD_NOFILE) > 1024 ? false : `the hard limit here is ${HARD_NOFILE}` },
-      async () => {
+      async (t) => {
         const target = await backend('tcp', V4);
         const socket = { ...docker29('tcp', V4), nofileSoft: 1024 };
         let run;
-        try {
-          run = await launchLikeDockerd(dockerProxyPath, {
-            socket,
-            args: listenFdArgs(socket, V4, target.port),
-          });
-          assertAdopted(run, socket);
-          assert.deepEqual(fileLimits(run.report.pid), { soft: HARD_NOFILE, hard: HARD_NOFILE });
-        } finally {
-          await stop(run);
-        }
+        t.after(() => stop(run));
+        run = await launchLikeDockerd(dockerProxyPath, {
+          socket,
+          args: listenFdArgs(socket, V4, target.port),
+        });
+        assertAdopted(run, socket);
+        assert.deepEqual(fileLimits(run.report.pid), { soft: HARD_NOFILE, hard: HARD_NOFILE });
       },
     );
 
-    test('a UDP socket for -proto tcp: "1\\n" and the error through dockerd\'s read, exit 1, with fds 0-2 /dev/null', async () => {
+    test('a UDP socket for -proto tcp: "1\\n" and the error through dockerd\'s read, exit 1, with fds 0-2 /dev/null', async (t) => {
       const socket = { proto: 'udp', host: V4, pktinfo: true };
       const run = await launchLikeDockerd(dockerProxyPath, {
         socket,
         args: proxyArgs({ proto: 'tcp', hostIp: V4, hostPort: 1, containerPort: 1 }),
       });
-      try {
-        assert.match(run.report.status, /^1\nunexpected socket type for listener fd: /);
-        assert.deepEqual(await exitOf(run), { code: 1, signal: null });
-      } finally {
-        await stop(run);
-      }
+      t.after(() => stop(run));
+      assert.match(run.report.status, /^1\nunexpected socket type for listener fd: /);
+      assert.deepEqual(await exitOf(run), { code: 1, signal: null });
     });
   },
 );

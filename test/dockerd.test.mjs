@@ -1,3 +1,4 @@
+// @test-tag slow: about 50 s, real dockerd in namespaces
 // End to end with a real dockerd (Debian's docker.io): the drop-in as dockerd's userland proxy,
 // containers publishing ports, clients in the daemon's network namespace. Everything runs in a
 // namespace, directories and cgroups of its own (test/dockerd-helpers.mjs) and is removed on

@@ -1,3 +1,4 @@
+// @test-tag timing: drain deadlines
 // close({ drainTimeoutMs }): listeners close at once, open connections get that long to
 // finish on their own, and whatever is still open afterwards is reset.
 import { describe, it } from 'node:test';

@@ -6,12 +6,11 @@
 // set of children is empty until a test spawns one). Every child is tracked; call
 // `killChildren()` in an `after` hook.
 
-import { spawn } from 'node:child_process';
 import { readFileSync, readSync, readdirSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
-import { DIST_URL, V4, withTimeout, waitFor, freePort } from './helpers.mjs';
+import { DIST_URL, V4, withTimeout, waitFor, freePort, spawnChild, spawnNode } from './helpers.mjs';
 
 /** Clock ticks per second of /proc/<pid>/stat (USER_HZ, 100 on every Linux platform). */
 const CLK_TCK = 100;
@@ -334,128 +333,8 @@ export async function startPausedServer(onConnection) {
 // Child processes
 // ---------------------------------------------------------------------------------------------
 
-const children = new Set();
-
-/**
- * Spawn `command args`, tracked for `killChildren()`. With `ulimitFds`, it runs under
- * `sh -c 'ulimit -n N; exec ...'` (soft and hard limit, so that Node cannot raise it back).
- * With `statusPipe`, fd 3 is a pipe whose text collects in `child.status`.
- * The child has `out`, `err`, `lines` (complete stdout lines), `until(check, what, timeout)`,
- * `waitLine(regexp, timeout)` (resolves the match), `exited` and `waitExit(timeout)`
- * resolving `{ code, signal }`, `waitClosed(timeout)` (the same, once its pipes are read too).
- */
-export function spawnChild(command, args, { ulimitFds, statusPipe = false, stdin = false, env } = {}) {
-  let file = command;
-  let argv = args;
-  if (ulimitFds !== undefined) {
-    file = 'sh';
-    argv = ['-c', 'ulimit -n "$0" && exec "$@"', String(ulimitFds), command, ...args];
-  }
-  const stdio = [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe', ...(statusPipe ? ['pipe'] : [])];
-  const child = spawn(file, argv, { stdio, env: { ...process.env, ...env } });
-  children.add(child);
-  child.out = '';
-  child.err = '';
-  child.status = '';
-  child.lines = [];
-  const listeners = new Set();
-  const notify = () => {
-    for (const fn of [...listeners]) fn();
-  };
-  let partial = '';
-  child.stdout.setEncoding('utf8').on('data', (text) => {
-    child.out += text;
-    partial += text;
-    const parts = partial.split('\n');
-    partial = parts.pop();
-    child.lines.push(...parts);
-    notify();
-  });
-  child.stderr.setEncoding('utf8').on('data', (text) => {
-    child.err += text;
-    notify();
-  });
-  child.stdin?.on('error', () => {});
-  if (statusPipe) {
-    child.stdio[3].setEncoding('utf8');
-    child.stdio[3].on('data', (text) => {
-      child.status += text;
-      notify();
-    });
-    child.stdio[3].on('error', () => {});
-  }
-  child.exited = new Promise((resolve) => {
-    child.once('exit', (code, signal) => {
-      child.exitInfo = { code, signal };
-      children.delete(child);
-      notify();
-      resolve(child.exitInfo);
-    });
-  });
-  // 'exit' can come before the last output has been read: 'close' comes after it.
-  child.closed = new Promise((resolve) => child.once('close', () => resolve(child.exitInfo)));
-  child.on('error', (err) => {
-    child.err += `spawn error: ${err.message}`;
-  });
-  child.describe = () =>
-    `${command} exit ${JSON.stringify(child.exitInfo)}; stdout: ${JSON.stringify(child.out.slice(-2000))}; ` +
-    `stderr: ${JSON.stringify(child.err.slice(-2000))}`;
-  child.until = (check, what, timeout = 10000) =>
-    withTimeout(
-      new Promise((resolve, reject) => {
-        const fn = () => {
-          const value = check();
-          if (value) {
-            listeners.delete(fn);
-            resolve(value);
-          } else if (child.exitInfo) {
-            listeners.delete(fn);
-            reject(new Error(`the child exited before ${what}; ${child.describe()}`));
-          }
-        };
-        listeners.add(fn);
-        fn();
-      }),
-      timeout,
-      `${what}; ${child.describe()}`,
-    );
-  child.waitLine = (re, timeout) =>
-    child.until(
-      () => {
-        for (const line of child.lines) {
-          const m = re.exec(line);
-          if (m) return m;
-        }
-        return null;
-      },
-      `a line matching ${re}`,
-      timeout,
-    );
-  child.waitExit = (timeout = 10000) =>
-    withTimeout(child.exited, timeout, `the child to exit; ${child.describe()}`, () => child.kill('SIGKILL'));
-  /** Like waitExit, but also waits until everything it wrote to its pipes has been read. */
-  child.waitClosed = (timeout = 10000) =>
-    withTimeout(child.closed, timeout, `the child to exit and close its pipes; ${child.describe()}`, () =>
-      child.kill('SIGKILL'),
-    );
-  child.alive = () => child.exitInfo === undefined;
-  return child;
-}
-
-/** Run a Node ES module given as text in a child process (see spawnChild for the options). */
-export function spawnNode(script, args = [], options) {
-  return spawnChild(process.execPath, ['--input-type=module', '-e', script, ...args], options);
-}
-
-/** SIGKILL every child still running and wait for them (bounded). For `after` hooks. */
-export async function killChildren() {
-  await Promise.all(
-    [...children].map((child) => {
-      child.kill('SIGKILL');
-      return withTimeout(child.exited, 5000, 'a killed child to exit').catch(() => {});
-    }),
-  );
-}
+// spawnChild, spawnNode and killChildren live in helpers.mjs (one spawner for every test).
+export { spawnChild, spawnNode, killChildren } from './helpers.mjs';
 
 // ---------------------------------------------------------------------------------------------
 // A proxy in a child process

@@ -3,6 +3,7 @@
 // Note: `node --test test/` treats every .mjs file under test/ as a test file, so this module
 // must not have side effects when it is run on its own (it only declares functions).
 
+import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -479,4 +480,146 @@ export function checkByteInvariants(assert, engine, st) {
     `spliced + copied === toTarget + toClient (${show(st.bytes)})`,
   );
   if (engine === 'stream') assert.equal(spliced, 0n, 'stream engine never splices');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: one spawner for every test (the CLI, the drop-in, scripts, namespaces)
+// ---------------------------------------------------------------------------------------------
+
+const children = new Set();
+
+/**
+ * Spawn `command args`, tracked for `killChildren()`. With `ulimitFds`, it runs under
+ * `sh -c 'ulimit -n N; exec ...'` (soft and hard limit, so that Node cannot raise it back).
+ * With `statusPipe`, fd 3 is a pipe whose text collects in `child.status`.
+ * `statusDone` resolves that text once the child closes fd 3 (docker-proxy does right after
+ * writing it). The child has `out`, `err`, `lines` (complete stdout lines),
+ * `until(check, what, timeout)`, `waitLine(pred, [what,] timeout)` (a RegExp resolves its
+ * match, a function the first line it accepts), `exited` and `waitExit(timeout)` resolving
+ * `{ code, signal }`, `waitClosed(timeout)` (the same, once its pipes are read too).
+ * With `t` (a test context), `t.after()` SIGKILLs it if it still runs and waits for it.
+ */
+export function spawnChild(command, args, { ulimitFds, statusPipe = false, stdin = false, env, t } = {}) {
+  let file = command;
+  let argv = args;
+  if (ulimitFds !== undefined) {
+    file = 'sh';
+    argv = ['-c', 'ulimit -n "$0" && exec "$@"', String(ulimitFds), command, ...args];
+  }
+  const stdio = [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe', ...(statusPipe ? ['pipe'] : [])];
+  const child = spawn(file, argv, { stdio, env: { ...process.env, ...env } });
+  children.add(child);
+  child.out = '';
+  child.err = '';
+  child.status = '';
+  child.lines = [];
+  const listeners = new Set();
+  const notify = () => {
+    for (const fn of [...listeners]) fn();
+  };
+  let partial = '';
+  child.stdout.setEncoding('utf8').on('data', (text) => {
+    child.out += text;
+    partial += text;
+    const parts = partial.split('\n');
+    partial = parts.pop();
+    child.lines.push(...parts);
+    notify();
+  });
+  child.stderr.setEncoding('utf8').on('data', (text) => {
+    child.err += text;
+    notify();
+  });
+  child.stdin?.on('error', () => {});
+  if (statusPipe) {
+    child.stdio[3].setEncoding('utf8');
+    child.stdio[3].on('data', (text) => {
+      child.status += text;
+      notify();
+    });
+    child.stdio[3].on('error', () => {});
+  }
+  child.statusDone = statusPipe
+    ? new Promise((resolve) => child.stdio[3].once('close', () => resolve(child.status)))
+    : Promise.resolve('');
+  child.exited = new Promise((resolve) => {
+    child.once('exit', (code, signal) => {
+      child.exitInfo = { code, signal };
+      children.delete(child);
+      notify();
+      resolve(child.exitInfo);
+    });
+  });
+  // 'exit' can come before the last output has been read: 'close' comes after it.
+  child.closed = new Promise((resolve) => child.once('close', () => resolve(child.exitInfo)));
+  child.on('error', (err) => {
+    child.err += `spawn error: ${err.message}`;
+  });
+  child.describe = () =>
+    `${command} exit ${JSON.stringify(child.exitInfo)}; stdout: ${JSON.stringify(child.out.slice(-2000))}; ` +
+    `stderr: ${JSON.stringify(child.err.slice(-2000))}`;
+  child.until = (check, what, timeout = 10000) =>
+    withTimeout(
+      new Promise((resolve, reject) => {
+        const fn = () => {
+          const value = check();
+          if (value) {
+            listeners.delete(fn);
+            resolve(value);
+          } else if (child.exitInfo) {
+            listeners.delete(fn);
+            reject(new Error(`the child exited before ${what}; ${child.describe()}`));
+          }
+        };
+        listeners.add(fn);
+        fn();
+      }),
+      timeout,
+      `${what}; ${child.describe()}`,
+    );
+  child.waitLine = (pred, what, timeout) => {
+    if (typeof what === 'number' || what === undefined) [what, timeout] = [`matching ${pred}`, what];
+    return child.until(
+      () => {
+        for (const line of child.lines) {
+          if (typeof pred === 'function') {
+            if (pred(line)) return line;
+            continue;
+          }
+          const m = pred.exec(line);
+          if (m) return m;
+        }
+        return null;
+      },
+      `a line ${what}`,
+      timeout,
+    );
+  };
+  child.waitExit = (timeout = 10000) =>
+    withTimeout(child.exited, timeout, `the child to exit; ${child.describe()}`, () => child.kill('SIGKILL'));
+  /** Like waitExit, but also waits until everything it wrote to its pipes has been read. */
+  child.waitClosed = (timeout = 10000) =>
+    withTimeout(child.closed, timeout, `the child to exit and close its pipes; ${child.describe()}`, () =>
+      child.kill('SIGKILL'),
+    );
+  child.alive = () => child.exitInfo === undefined;
+  t?.after(() => stopChild(child));
+  return child;
+}
+
+/** SIGKILL `child` if it still runs and wait for it (bounded); for cleanup. */
+export async function stopChild(child) {
+  if (!child.alive()) return;
+  child.kill('SIGKILL');
+  await withTimeout(child.exited, 5000, 'a killed child to exit').catch(() => {});
+}
+
+/** Run a Node ES module given as text in a child process (see spawnChild for the options). */
+export function spawnNode(script, args = [], options) {
+  return spawnChild(process.execPath, ['--input-type=module', '-e', script, ...args], options);
+}
+
+/** SIGKILL every child still running and wait for them (bounded). For `after` hooks. */
+export async function killChildren() {
+  await Promise.all([...children].map((child) => stopChild(child)));
 }

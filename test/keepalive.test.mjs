@@ -1,3 +1,4 @@
+// @test-tag slow: about 30 s, waits out keep-alive probes
 // TCP keep-alive on both sockets of a proxied connection: the timer the kernel runs on each
 // (read with `ss -tnoep`, which shows the proxy's own sockets), the option's validation, and a
 // peer that vanishes without a FIN or RST, detected and turned into a reset of the other side.
@@ -68,69 +69,59 @@ function checkTimers(sockets, minMs, maxMs) {
 
 describe('keep-alive timers on both sockets', () => {
   for (const engine of ENGINES) {
-    test(`${engine}: the configured idle time on the client and the target socket`, async () => {
+    test(`${engine}: the configured idle time on the client and the target socket`, async (t) => {
       const server = await startEchoServer();
       const proxy = createProxy({ engine });
-      try {
-        const m = await addMapping(proxy, server.port, {
-          keepAlive: { idleMs: 7000, intervalMs: 3000, count: 4 },
-        });
-        const socket = await connect(m.listen.port);
-        await pingEcho(socket);
-        // Just set: the timers have 7 s to run, less the time this took.
-        checkTimers(proxySockets(process.pid, m.listen.port, server.port), 5000, 7000);
-        socket.destroy();
-      } finally {
-        await safeClose(proxy);
-        await closeServers(server);
-      }
+      t.after(() => safeClose(proxy));
+      t.after(() => closeServers(server));
+      const m = await addMapping(proxy, server.port, {
+        keepAlive: { idleMs: 7000, intervalMs: 3000, count: 4 },
+      });
+      const socket = await connect(m.listen.port);
+      await pingEcho(socket);
+      // Just set: the timers have 7 s to run, less the time this took.
+      checkTimers(proxySockets(process.pid, m.listen.port, server.port), 5000, 7000);
+      socket.destroy();
     });
 
-    test(`${engine}: keepAlive false sets none`, async () => {
+    test(`${engine}: keepAlive false sets none`, async (t) => {
       const server = await startEchoServer();
       const proxy = createProxy({ engine });
-      try {
-        const m = await addMapping(proxy, server.port, { keepAlive: false });
-        const socket = await connect(m.listen.port);
-        await pingEcho(socket);
-        const sockets = proxySockets(process.pid, m.listen.port, server.port);
-        assert.equal(sockets.length, 2, sockets.map((s) => s.line).join('\n'));
-        for (const s of sockets) assert.equal(s.keepAliveMs, null, s.line);
-        socket.destroy();
-      } finally {
-        await safeClose(proxy);
-        await closeServers(server);
-      }
+      t.after(() => safeClose(proxy));
+      t.after(() => closeServers(server));
+      const m = await addMapping(proxy, server.port, { keepAlive: false });
+      const socket = await connect(m.listen.port);
+      await pingEcho(socket);
+      const sockets = proxySockets(process.pid, m.listen.port, server.port);
+      assert.equal(sockets.length, 2, sockets.map((s) => s.line).join('\n'));
+      for (const s of sockets) assert.equal(s.keepAliveMs, null, s.line);
+      socket.destroy();
     });
   }
 
-  test("splice: the default is docker-proxy's 15 s", async () => {
+  test("splice: the default is docker-proxy's 15 s", async (t) => {
     const server = await startEchoServer();
     const proxy = createProxy({ engine: 'splice' });
-    try {
-      const m = await addMapping(proxy, server.port);
-      const socket = await connect(m.listen.port);
-      await pingEcho(socket);
-      checkTimers(proxySockets(process.pid, m.listen.port, server.port), 13000, 15000);
-      socket.destroy();
-    } finally {
-      await safeClose(proxy);
-      await closeServers(server);
-    }
+    t.after(() => safeClose(proxy));
+    t.after(() => closeServers(server));
+    const m = await addMapping(proxy, server.port);
+    const socket = await connect(m.listen.port);
+    await pingEcho(socket);
+    checkTimers(proxySockets(process.pid, m.listen.port, server.port), 13000, 15000);
+    socket.destroy();
   });
 
-  test("portsplice-docker-proxy: docker-proxy's 15 s on both sockets", async () => {
+  test("portsplice-docker-proxy: docker-proxy's 15 s on both sockets", async (t) => {
     const server = await startEchoServer();
     const child = await startBinary(dockerProxyPath, server.port);
-    try {
-      const socket = await connect(child.port);
-      await pingEcho(socket);
-      checkTimers(proxySockets(child.pid, child.port, server.port), 13000, 15000);
-      socket.destroy();
-    } finally {
+    t.after(async () => {
       child.kill('SIGKILL');
       await closeServers(server);
-    }
+    });
+    const socket = await connect(child.port);
+    await pingEcho(socket);
+    checkTimers(proxySockets(child.pid, child.port, server.port), 13000, 15000);
+    socket.destroy();
   });
 });
 
@@ -151,20 +142,17 @@ describe('keepAlive validation', () => {
     [{ proto: 'udp', keepAlive: false }, TypeError, /keepAlive applies to TCP mappings only/],
   ];
   for (const engine of ENGINES) {
-    test(`${engine}: bad keepAlive options are rejected, naming the field`, async () => {
+    test(`${engine}: bad keepAlive options are rejected, naming the field`, async (t) => {
       const proxy = createProxy({ engine });
-      try {
-        for (const [extra, Kind, message] of cases) {
-          await assert.rejects(proxy.add({ ...base, ...extra }), (error) => {
-            assert.ok(error instanceof Kind, `${JSON.stringify(extra)}: ${error}`);
-            assert.match(error.message, message);
-            return true;
-          });
-        }
-        assert.equal(proxy.stats().mappings.length, 0);
-      } finally {
-        await safeClose(proxy);
+      t.after(() => safeClose(proxy));
+      for (const [extra, Kind, message] of cases) {
+        await assert.rejects(proxy.add({ ...base, ...extra }), (error) => {
+          assert.ok(error instanceof Kind, `${JSON.stringify(extra)}: ${error}`);
+          assert.match(error.message, message);
+          return true;
+        });
       }
+      assert.equal(proxy.stats().mappings.length, 0);
     });
   }
 });

@@ -1,3 +1,4 @@
+// @test-tag slow: about 15 s
 // Connection and mapping lifecycle: half-close both ways, refused / silent / slow targets
 // (connectTimeoutMs), resets forwarded in both directions, remove/close with live and
 // in-flight connections, port reuse, descriptor leaks, EADDRINUSE and option validation.
@@ -217,7 +218,7 @@ for (const engine of ENGINES) {
     test(
       'half-close: target FIN first; the client can still send its data afterwards',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const greeting = randomPayload(1 * MiB + 3);
         const upload = randomPayload(500 * KiB + 1);
         let received;
@@ -235,91 +236,78 @@ for (const engine of ENGINES) {
         });
         const m = await addMapping(proxy, server.port);
         let client;
-        try {
-          client = await connect(m.listen.port);
-          const res = await withTimeout(collect(client), 15000, 'greeting then FIN from the target');
-          assert.equal(res.bytes, greeting.length);
-          assert.equal(res.sha256, sha256(greeting));
-          await sleep(200);
-          assert.ok(!client.destroyed, 'client socket still open for writing after the target FIN');
-          client.end(upload);
-          await waitFor(() => received, { timeout: 10000, what: 'target receives the upload and the FIN' });
-          assert.equal(received.bytes, upload.length);
-          assert.equal(received.sha256, sha256(upload));
-          await waitClose(client, 5000, 'client socket closes after both FINs');
-          const st = await waitIdle(proxy, m);
-          assert.equal(st.bytes.toTarget, BigInt(upload.length));
-          assert.equal(st.bytes.toClient, BigInt(greeting.length));
-        } finally {
-          client?.destroy();
-          await safeRemove(proxy, m);
-          await closeServers(server);
-        }
+        t.after(() => client?.destroy());
+        t.after(() => safeRemove(proxy, m));
+        t.after(() => closeServers(server));
+        client = await connect(m.listen.port);
+        const res = await withTimeout(collect(client), 15000, 'greeting then FIN from the target');
+        assert.equal(res.bytes, greeting.length);
+        assert.equal(res.sha256, sha256(greeting));
+        await sleep(200);
+        assert.ok(!client.destroyed, 'client socket still open for writing after the target FIN');
+        client.end(upload);
+        await waitFor(() => received, { timeout: 10000, what: 'target receives the upload and the FIN' });
+        assert.equal(received.bytes, upload.length);
+        assert.equal(received.sha256, sha256(upload));
+        await waitClose(client, 5000, 'client socket closes after both FINs');
+        const st = await waitIdle(proxy, m);
+        assert.equal(st.bytes.toTarget, BigInt(upload.length));
+        assert.equal(st.bytes.toClient, BigInt(greeting.length));
       },
     );
 
     test(
       'target refuses: client closed within 2 s, failed counted, proxy keeps serving',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const deadPort = await freePort(V4);
         const dead = await addMapping(proxy, deadPort);
-        try {
-          for (let i = 1; i <= 2; i++) {
-            const t0 = Date.now();
-            let client;
-            let closed;
-            try {
-              client = await connect(dead.listen.port);
-            } catch (err) {
-              // The proxy may reset the connection before the client even saw the handshake complete.
-              if (err.code !== 'ECONNRESET') throw err;
-              closed = { how: 'error', error: err };
-            }
-            try {
-              closed ??= await waitPeerClosed(
-                client,
-                2000,
-                `connection #${i} to a refusing target is closed`,
-              );
-              assert.ok(Date.now() - t0 < 2000, `closed within 2 s (took ${Date.now() - t0} ms)`);
-              if (closed.error)
-                assert.equal(closed.error.code, 'ECONNRESET', `error is a reset: ${closed.error.message}`);
-            } finally {
-              client?.destroy();
-            }
-            const st = await waitStats(
-              proxy,
-              dead,
-              (s) => s.connections.failed === i,
-              `connections.failed === ${i}`,
-              3000,
-            );
-            assert.equal(st.connections.accepted, i, `accepted (${show(st.connections)})`);
-          }
-          const st = await waitIdle(proxy, dead);
-          assert.equal(st.connections.failed, 2);
-          assert.equal(st.bytes.toTarget, 0n, 'nothing was written to a target that never connected');
-
-          // The same proxy still serves: a new mapping works, and so does the old one once a target appears.
-          const ok = await addMapping(proxy, echo.port);
+        t.after(() => safeRemove(proxy, dead));
+        for (let i = 1; i <= 2; i++) {
+          const t0 = Date.now();
+          let client;
+          let closed;
           try {
-            await assertForwards(ok.listen.port);
-            const okStats = await waitIdle(proxy, ok);
-            assert.equal(okStats.connections.failed, 0);
-          } finally {
-            await safeRemove(proxy, ok);
+            client = await connect(dead.listen.port);
+          } catch (err) {
+            // The proxy may reset the connection before the client even saw the handshake complete.
+            if (err.code !== 'ECONNRESET') throw err;
+            closed = { how: 'error', error: err };
           }
-        } finally {
-          await safeRemove(proxy, dead);
+          try {
+            closed ??= await waitPeerClosed(client, 2000, `connection #${i} to a refusing target is closed`);
+            assert.ok(Date.now() - t0 < 2000, `closed within 2 s (took ${Date.now() - t0} ms)`);
+            if (closed.error)
+              assert.equal(closed.error.code, 'ECONNRESET', `error is a reset: ${closed.error.message}`);
+          } finally {
+            client?.destroy();
+          }
+          const st = await waitStats(
+            proxy,
+            dead,
+            (s) => s.connections.failed === i,
+            `connections.failed === ${i}`,
+            3000,
+          );
+          assert.equal(st.connections.accepted, i, `accepted (${show(st.connections)})`);
         }
+        const st = await waitIdle(proxy, dead);
+        assert.equal(st.connections.failed, 2);
+        assert.equal(st.bytes.toTarget, 0n, 'nothing was written to a target that never connected');
+
+        // The same proxy still serves: a new mapping works, and so does the old one once a target appears.
+        const ok = await addMapping(proxy, echo.port);
+        t.after(() => safeRemove(proxy, ok));
+        await assertForwards(ok.listen.port);
+        const okStats = await waitIdle(proxy, ok);
+        assert.equal(okStats.connections.failed, 0);
       },
     );
 
     test(
       'target resets mid-transfer: the client gets ECONNRESET; new connections still work',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const server = await startServer((sock, i) => {
           if (i > 0) return sock.pipe(sock);
           let n = 0;
@@ -330,33 +318,30 @@ for (const engine of ENGINES) {
         });
         const m = await addMapping(proxy, server.port);
         let client;
-        try {
-          client = await connect(m.listen.port);
-          let sawEnd = false;
-          client.on('end', () => (sawEnd = true));
-          client.resume();
-          const err = waitError(client, 5000, 'client error after the target reset');
-          client.write(randomPayload(1 * MiB));
-          const e = await err;
-          assert.equal(e.code, 'ECONNRESET', `client error: ${e.message}`);
-          assert.equal(sawEnd, false, 'the reset must not be forwarded as a clean FIN');
+        t.after(() => client?.destroy());
+        t.after(() => safeRemove(proxy, m));
+        t.after(() => closeServers(server));
+        client = await connect(m.listen.port);
+        let sawEnd = false;
+        client.on('end', () => (sawEnd = true));
+        client.resume();
+        const err = waitError(client, 5000, 'client error after the target reset');
+        client.write(randomPayload(1 * MiB));
+        const e = await err;
+        assert.equal(e.code, 'ECONNRESET', `client error: ${e.message}`);
+        assert.equal(sawEnd, false, 'the reset must not be forwarded as a clean FIN');
 
-          await assertForwards(m.listen.port);
-          const st = await waitIdle(proxy, m);
-          assert.equal(st.connections.accepted, 2);
-          assert.equal(st.connections.failed, 0, 'a reset after connecting is not a failed connect');
-        } finally {
-          client?.destroy();
-          await safeRemove(proxy, m);
-          await closeServers(server);
-        }
+        await assertForwards(m.listen.port);
+        const st = await waitIdle(proxy, m);
+        assert.equal(st.connections.accepted, 2);
+        assert.equal(st.connections.failed, 0, 'a reset after connecting is not a failed connect');
       },
     );
 
     test(
       'client resets mid-transfer: the target gets ECONNRESET; new connections still work',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         let target;
         const server = await startServer((sock, i) => {
           if (i > 0) return sock.pipe(sock);
@@ -369,36 +354,33 @@ for (const engine of ENGINES) {
         });
         const m = await addMapping(proxy, server.port);
         let client;
-        try {
-          client = await connect(m.listen.port);
-          client.resume();
-          client.write(randomPayload(256 * KiB));
-          await waitFor(() => target && target.received >= 64 * KiB, {
-            timeout: 5000,
-            what: 'target receives 64 KiB',
-          });
-          const err = waitError(target, 5000, 'target error after the client reset');
-          client.resetAndDestroy();
-          const e = await err;
-          assert.equal(e.code, 'ECONNRESET', `target error: ${e.message}`);
-          assert.equal(target.sawEnd, false, 'the reset must not be forwarded as a clean FIN');
+        t.after(() => client?.destroy());
+        t.after(() => safeRemove(proxy, m));
+        t.after(() => closeServers(server));
+        client = await connect(m.listen.port);
+        client.resume();
+        client.write(randomPayload(256 * KiB));
+        await waitFor(() => target && target.received >= 64 * KiB, {
+          timeout: 5000,
+          what: 'target receives 64 KiB',
+        });
+        const err = waitError(target, 5000, 'target error after the client reset');
+        client.resetAndDestroy();
+        const e = await err;
+        assert.equal(e.code, 'ECONNRESET', `target error: ${e.message}`);
+        assert.equal(target.sawEnd, false, 'the reset must not be forwarded as a clean FIN');
 
-          await assertForwards(m.listen.port);
-          const st = await waitIdle(proxy, m);
-          assert.equal(st.connections.accepted, 2);
-          assert.equal(st.connections.failed, 0);
-        } finally {
-          client?.destroy();
-          await safeRemove(proxy, m);
-          await closeServers(server);
-        }
+        await assertForwards(m.listen.port);
+        const st = await waitIdle(proxy, m);
+        assert.equal(st.connections.accepted, 2);
+        assert.equal(st.connections.failed, 0);
       },
     );
 
     test(
       'target resets after the client half-closed: the client still gets ECONNRESET',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const server = await startServer((sock) => {
           sock.resume();
           sock.on('end', () => setTimeout(() => sock.resetAndDestroy(), 100));
@@ -406,54 +388,50 @@ for (const engine of ENGINES) {
         });
         const m = await addMapping(proxy, server.port);
         let client;
-        try {
-          client = await connect(m.listen.port);
-          let sawEnd = false;
-          client.on('end', () => (sawEnd = true));
-          client.resume();
-          const err = waitError(client, 5000, 'client error after the target reset');
-          client.end(randomPayload(100 * KiB));
-          const e = await err;
-          assert.equal(e.code, 'ECONNRESET', `client error: ${e.message}`);
-          assert.equal(sawEnd, false, 'the reset must not be forwarded as a clean FIN');
-          await waitIdle(proxy, m);
-        } finally {
-          client?.destroy();
-          await safeRemove(proxy, m);
-          await closeServers(server);
-        }
+        t.after(() => client?.destroy());
+        t.after(() => safeRemove(proxy, m));
+        t.after(() => closeServers(server));
+        client = await connect(m.listen.port);
+        let sawEnd = false;
+        client.on('end', () => (sawEnd = true));
+        client.resume();
+        const err = waitError(client, 5000, 'client error after the target reset');
+        client.end(randomPayload(100 * KiB));
+        const e = await err;
+        assert.equal(e.code, 'ECONNRESET', `client error: ${e.message}`);
+        assert.equal(sawEnd, false, 'the reset must not be forwarded as a clean FIN');
+        await waitIdle(proxy, m);
       },
     );
 
     test(
       'clients that reset right after connecting leave no connection behind',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const N = 50;
         const target = await startEchoServer();
         const m = await addMapping(proxy, target.port);
         let sockets = [];
-        try {
-          sockets = await openConnections(N, m.listen.port);
-          for (const s of sockets) s.resetAndDestroy();
-          const st = await waitStats(
-            proxy,
-            m,
-            (x) => x.connections.accepted === N && x.connections.active === 0,
-            `accepted === ${N} and active === 0`,
-          );
-          assert.equal(st.connections.failed, 0);
-          await waitFor(() => target.sockets.size === 0, {
-            timeout: 3000,
-            what: 'no target-side connection left open',
-            describe: () => `${target.sockets.size} still open`,
-          });
-          await assertForwards(m.listen.port);
-        } finally {
+        t.after(async () => {
           for (const s of sockets) s.destroy();
           await safeRemove(proxy, m);
           await closeServers(target);
-        }
+        });
+        sockets = await openConnections(N, m.listen.port);
+        for (const s of sockets) s.resetAndDestroy();
+        const st = await waitStats(
+          proxy,
+          m,
+          (x) => x.connections.accepted === N && x.connections.active === 0,
+          `accepted === ${N} and active === 0`,
+        );
+        assert.equal(st.connections.failed, 0);
+        await waitFor(() => target.sockets.size === 0, {
+          timeout: 3000,
+          what: 'no target-side connection left open',
+          describe: () => `${target.sockets.size} still open`,
+        });
+        await assertForwards(m.listen.port);
       },
     );
 
@@ -510,32 +488,29 @@ for (const engine of ENGINES) {
     test(
       'remove() during a transfer cuts the connection and frees the port',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const target = await startEchoServer();
         const m = await addMapping(proxy, target.port);
         let client;
-        try {
-          client = await connect(m.listen.port);
-          let got = 0;
-          client.on('data', (c) => (got += c.length));
-          const size = 64 * MiB;
-          client.write(randomPayload(size));
-          await waitFor(() => got >= 1 * MiB, { timeout: 10000, what: 'the transfer is under way' });
-          await withTimeout(proxy.remove(m), 5000, 'proxy.remove during a transfer');
-          const closed = await waitPeerClosed(client, 2000, 'client of the removed mapping is closed');
-          if (closed.error)
-            assert.equal(closed.error.code, 'ECONNRESET', `client error: ${closed.error.message}`);
-          assert.ok(got < size, 'the transfer was cut short');
-          await waitFor(() => target.sockets.size === 0, {
-            timeout: 2000,
-            what: 'target-side connection closed',
-          });
-          await expectRefused(m.listen.port);
-        } finally {
-          client?.destroy();
-          await safeRemove(proxy, m);
-          await closeServers(target);
-        }
+        t.after(() => client?.destroy());
+        t.after(() => safeRemove(proxy, m));
+        t.after(() => closeServers(target));
+        client = await connect(m.listen.port);
+        let got = 0;
+        client.on('data', (c) => (got += c.length));
+        const size = 64 * MiB;
+        client.write(randomPayload(size));
+        await waitFor(() => got >= 1 * MiB, { timeout: 10000, what: 'the transfer is under way' });
+        await withTimeout(proxy.remove(m), 5000, 'proxy.remove during a transfer');
+        const closed = await waitPeerClosed(client, 2000, 'client of the removed mapping is closed');
+        if (closed.error)
+          assert.equal(closed.error.code, 'ECONNRESET', `client error: ${closed.error.message}`);
+        assert.ok(got < size, 'the transfer was cut short');
+        await waitFor(() => target.sockets.size === 0, {
+          timeout: 2000,
+          what: 'target-side connection closed',
+        });
+        await expectRefused(m.listen.port);
       },
     );
 
@@ -675,41 +650,35 @@ for (const engine of ENGINES) {
     test(
       'the port of a removed or closed mapping can be bound again at once',
       { timeout: 15000 },
-      async () => {
+      async (t) => {
         const m = await addMapping(proxy, echo.port);
         let again;
         const own = createProxy({ engine, threads: 1 });
         let holder;
-        try {
-          await assertForwards(m.listen.port);
-          await withTimeout(proxy.remove(m), 5000, 'proxy.remove');
-          again = await addMapping(proxy, echo.port, { listenPort: m.listen.port });
-          assert.equal(again.listen.port, m.listen.port);
-          await assertForwards(again.listen.port, V4, 'same port, new mapping');
+        t.after(() => safeRemove(proxy, m));
+        t.after(() => safeRemove(proxy, again));
+        t.after(() => safeClose(own));
+        t.after(() => closeServers(holder));
+        await assertForwards(m.listen.port);
+        await withTimeout(proxy.remove(m), 5000, 'proxy.remove');
+        again = await addMapping(proxy, echo.port, { listenPort: m.listen.port });
+        assert.equal(again.listen.port, m.listen.port);
+        await assertForwards(again.listen.port, V4, 'same port, new mapping');
 
-          const n = await addMapping(own, echo.port);
-          await assertForwards(n.listen.port);
-          await withTimeout(own.close(), 5000, 'proxy.close');
-          holder = await startEchoServer({ port: n.listen.port }); // a plain server takes the port over
-          await assertForwards(n.listen.port, V4, 'plain server on the freed port');
-        } finally {
-          await safeRemove(proxy, m);
-          await safeRemove(proxy, again);
-          await safeClose(own);
-          await closeServers(holder);
-        }
+        const n = await addMapping(own, echo.port);
+        await assertForwards(n.listen.port);
+        await withTimeout(own.close(), 5000, 'proxy.close');
+        holder = await startEchoServer({ port: n.listen.port }); // a plain server takes the port over
+        await assertForwards(n.listen.port, V4, 'plain server on the freed port');
       },
     );
 
-    test('remove() accepts a mapping id', { timeout: 15000 }, async () => {
+    test('remove() accepts a mapping id', { timeout: 15000 }, async (t) => {
       const m = await addMapping(proxy, echo.port);
-      try {
-        await assertForwards(m.listen.port);
-        await withTimeout(proxy.remove(m.id), 5000, 'proxy.remove(id)');
-        await expectRefused(m.listen.port);
-      } finally {
-        await safeRemove(proxy, m);
-      }
+      t.after(() => safeRemove(proxy, m));
+      await assertForwards(m.listen.port);
+      await withTimeout(proxy.remove(m.id), 5000, 'proxy.remove(id)');
+      await expectRefused(m.listen.port);
     });
 
     test(
@@ -794,76 +763,72 @@ for (const engine of ENGINES) {
     test(
       'close() releases every file descriptor the proxy used (threads: 2)',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const fds = () => readdirSync('/proc/self/fd').length;
         const target = await startEchoServer();
         const baseline = fds();
         const own = createProxy({ engine, threads: 2 });
         let live = [];
-        try {
-          const m = await addMapping(own, target.port);
-          const dead = await addMapping(own, await freePort(V4));
-          const payloads = Array.from({ length: 100 }, (_, i) => randomPayload(64 * KiB + i));
-          await withTimeout(
-            Promise.all(payloads.map((p) => exchange(m.listen.port, V4, p))),
-            15000,
-            'traffic before close',
-          );
-          for (let i = 0; i < 5; i++) {
-            const s = await connect(dead.listen.port).catch(() => null);
-            if (s) await waitPeerClosed(s, 2000).finally(() => s.destroy());
-          }
-          live = await openConnections(10, m.listen.port);
-          for (const s of live) await pingEcho(s);
-          assert.ok(fds() > baseline, 'the proxy holds descriptors while it works');
-          await withTimeout(own.close(), 5000, 'proxy.close');
-          for (const s of live) s.destroy();
-          await waitFor(() => fds() <= baseline, {
-            timeout: 3000,
-            what: 'descriptor count back to where it was before createProxy()',
-            describe: () => `${fds()} open, ${baseline} before`,
-          });
-        } finally {
+        t.after(async () => {
           for (const s of live) s.destroy();
           await safeClose(own);
           await closeServers(target);
+        });
+        const m = await addMapping(own, target.port);
+        const dead = await addMapping(own, await freePort(V4));
+        const payloads = Array.from({ length: 100 }, (_, i) => randomPayload(64 * KiB + i));
+        await withTimeout(
+          Promise.all(payloads.map((p) => exchange(m.listen.port, V4, p))),
+          15000,
+          'traffic before close',
+        );
+        for (let i = 0; i < 5; i++) {
+          const s = await connect(dead.listen.port).catch(() => null);
+          if (s) await waitPeerClosed(s, 2000).finally(() => s.destroy());
         }
+        live = await openConnections(10, m.listen.port);
+        for (const s of live) await pingEcho(s);
+        assert.ok(fds() > baseline, 'the proxy holds descriptors while it works');
+        await withTimeout(own.close(), 5000, 'proxy.close');
+        for (const s of live) s.destroy();
+        await waitFor(() => fds() <= baseline, {
+          timeout: 3000,
+          what: 'descriptor count back to where it was before createProxy()',
+          describe: () => `${fds()} open, ${baseline} before`,
+        });
       },
     );
 
-    test('EADDRINUSE when the listen port is taken', { timeout: 15000 }, async () => {
+    test('EADDRINUSE when the listen port is taken', { timeout: 15000 }, async (t) => {
       const blocker = await startServer(() => {});
       let a;
-      try {
-        await assert.rejects(
-          async () =>
-            withTimeout(proxy.add(mappingOptions(echo.port, { listenPort: blocker.port })), 5000, 'add'),
-          (err) => {
-            assert.equal(err.code, 'EADDRINUSE', `got ${err.code}: ${err.message}`);
-            return true;
-          },
-        );
-        a = await addMapping(proxy, echo.port);
-        await assert.rejects(
-          async () =>
-            withTimeout(proxy.add(mappingOptions(echo.port, { listenPort: a.listen.port })), 5000, 'add'),
-          (err) => {
-            assert.equal(
-              err.code,
-              'EADDRINUSE',
-              `second mapping on the same port: got ${err.code}: ${err.message}`,
-            );
-            return true;
-          },
-        );
-        // The failed adds leave the proxy and the existing mapping intact.
-        await assertForwards(a.listen.port);
-        const ids = proxy.stats().mappings.map((s) => s.id);
-        assert.deepEqual(ids, [a.id], 'failed adds do not leave mappings behind');
-      } finally {
-        await safeRemove(proxy, a);
-        await closeServers(blocker);
-      }
+      t.after(() => safeRemove(proxy, a));
+      t.after(() => closeServers(blocker));
+      await assert.rejects(
+        async () =>
+          withTimeout(proxy.add(mappingOptions(echo.port, { listenPort: blocker.port })), 5000, 'add'),
+        (err) => {
+          assert.equal(err.code, 'EADDRINUSE', `got ${err.code}: ${err.message}`);
+          return true;
+        },
+      );
+      a = await addMapping(proxy, echo.port);
+      await assert.rejects(
+        async () =>
+          withTimeout(proxy.add(mappingOptions(echo.port, { listenPort: a.listen.port })), 5000, 'add'),
+        (err) => {
+          assert.equal(
+            err.code,
+            'EADDRINUSE',
+            `second mapping on the same port: got ${err.code}: ${err.message}`,
+          );
+          return true;
+        },
+      );
+      // The failed adds leave the proxy and the existing mapping intact.
+      await assertForwards(a.listen.port);
+      const ids = proxy.stats().mappings.map((s) => s.id);
+      assert.deepEqual(ids, [a.id], 'failed adds do not leave mappings behind');
     });
   });
 
@@ -932,16 +897,13 @@ for (const engine of ENGINES) {
       test(`${field} ${value}`, () => expectBadProxyOption({ engine, [field]: value }, field));
     }
 
-    test('no mapping was created by the rejected calls, and the proxy still works', async () => {
+    test('no mapping was created by the rejected calls, and the proxy still works', async (t) => {
       assert.deepEqual(proxy.stats().mappings, []);
       const echo = await startEchoServer();
-      try {
-        const m = await addMapping(proxy, echo.port);
-        await assertForwards(m.listen.port);
-        await safeRemove(proxy, m);
-      } finally {
-        await closeServers(echo);
-      }
+      t.after(() => closeServers(echo));
+      const m = await addMapping(proxy, echo.port);
+      await assertForwards(m.listen.port);
+      await safeRemove(proxy, m);
     });
   });
 }

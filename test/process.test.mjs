@@ -1,3 +1,4 @@
+// @test-tag slow: about 20 s
 // The proxy inside worker threads and child processes: loading, teardown, ref/unref.
 
 import { describe, test, before, after } from 'node:test';
@@ -198,119 +199,112 @@ for (const engine of ENGINES) {
     test(
       'a proxy inside a worker forwards, closes, and the worker exits on its own',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const w = startProxyWorker(engine, echo.port);
-        try {
-          const { port } = await w.next('ready');
-          const payload = randomPayload(1 * MiB + 9);
-          const got = await exchange(port, V4, payload);
-          assert.equal(got.sha256, sha256(payload), 'forwarded byte-exact by the worker proxy');
-          await waitFor(
-            async () => {
-              w.worker.postMessage('stats');
-              const s = await w.next('stats');
-              return s.active === 0 ? s : null;
-            },
-            { timeout: 5000, what: 'worker proxy idle' },
-          ).then((s) => {
-            assert.equal(s.accepted, 1);
-            assert.equal(s.toTarget, String(payload.length));
-            assert.equal(s.toClient, String(payload.length));
-          });
-          w.worker.postMessage('close');
-          await w.next('closed', 5000);
-          const code = await withTimeout(
-            w.exited,
-            5000,
-            'worker exits after proxy.close() (nothing may keep it alive)',
-          );
-          assert.equal(code, 0);
-          await expectRefused(port, V4, 'worker proxy port after close');
-        } finally {
+        t.after(async () => {
           await withTimeout(w.worker.terminate(), 5000, 'terminate').catch(() => {});
-        }
+        });
+        const { port } = await w.next('ready');
+        const payload = randomPayload(1 * MiB + 9);
+        const got = await exchange(port, V4, payload);
+        assert.equal(got.sha256, sha256(payload), 'forwarded byte-exact by the worker proxy');
+        await waitFor(
+          async () => {
+            w.worker.postMessage('stats');
+            const s = await w.next('stats');
+            return s.active === 0 ? s : null;
+          },
+          { timeout: 5000, what: 'worker proxy idle' },
+        ).then((s) => {
+          assert.equal(s.accepted, 1);
+          assert.equal(s.toTarget, String(payload.length));
+          assert.equal(s.toClient, String(payload.length));
+        });
+        w.worker.postMessage('close');
+        await w.next('closed', 5000);
+        const code = await withTimeout(
+          w.exited,
+          5000,
+          'worker exits after proxy.close() (nothing may keep it alive)',
+        );
+        assert.equal(code, 0);
+        await expectRefused(port, V4, 'worker proxy port after close');
       },
     );
 
     test(
       'a worker that exits without closing its proxy leaves the main thread healthy',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const mine = await addMapping(proxy, echo.port);
         const w = startProxyWorker(engine, echo.port);
         let live;
-        try {
-          const { port } = await w.next('ready');
-          live = await connect(port);
-          await pingEcho(live); // a connection is open through the worker's proxy when it dies
-          w.worker.postMessage('exit');
-          const code = await withTimeout(w.exited, 5000, 'worker exit with a live proxy');
-          assert.equal(code, 0);
-
-          // The main thread and its own proxy carry on.
-          const payload = randomPayload(4 * MiB + 1);
-          const got = await exchange(mine.listen.port, V4, payload, { timeout: 15000 });
-          assert.equal(got.sha256, sha256(payload), 'main proxy still forwards byte-exact');
-          const st = await waitIdle(proxy, mine);
-          assert.equal(st.connections.accepted, 1);
-          assert.equal(st.bytes.toTarget, BigInt(payload.length));
-
-          // And the library can be loaded and used again in a fresh worker.
-          const w2 = startProxyWorker(engine, echo.port);
-          try {
-            const { port: port2 } = await w2.next('ready');
-            const again = await exchange(port2, V4, Buffer.from('second worker'), { keep: true });
-            assert.equal(again.data.toString(), 'second worker');
-            w2.worker.postMessage('close');
-            await w2.next('closed', 5000);
-            assert.equal(await withTimeout(w2.exited, 5000, 'second worker exits'), 0);
-          } finally {
-            await withTimeout(w2.worker.terminate(), 5000, 'terminate').catch(() => {});
-          }
-        } finally {
+        t.after(async () => {
           live?.destroy();
           await withTimeout(w.worker.terminate(), 5000, 'terminate').catch(() => {});
           await safeRemove(proxy, mine);
-        }
+        });
+        const { port } = await w.next('ready');
+        live = await connect(port);
+        await pingEcho(live); // a connection is open through the worker's proxy when it dies
+        w.worker.postMessage('exit');
+        const code = await withTimeout(w.exited, 5000, 'worker exit with a live proxy');
+        assert.equal(code, 0);
+
+        // The main thread and its own proxy carry on.
+        const payload = randomPayload(4 * MiB + 1);
+        const got = await exchange(mine.listen.port, V4, payload, { timeout: 15000 });
+        assert.equal(got.sha256, sha256(payload), 'main proxy still forwards byte-exact');
+        const st = await waitIdle(proxy, mine);
+        assert.equal(st.connections.accepted, 1);
+        assert.equal(st.bytes.toTarget, BigInt(payload.length));
+
+        // And the library can be loaded and used again in a fresh worker.
+        const w2 = startProxyWorker(engine, echo.port);
+        t.after(async () => {
+          await withTimeout(w2.worker.terminate(), 5000, 'terminate').catch(() => {});
+        });
+        const { port: port2 } = await w2.next('ready');
+        const again = await exchange(port2, V4, Buffer.from('second worker'), { keep: true });
+        assert.equal(again.data.toString(), 'second worker');
+        w2.worker.postMessage('close');
+        await w2.next('closed', 5000);
+        assert.equal(await withTimeout(w2.exited, 5000, 'second worker exits'), 0);
       },
     );
 
     test(
       'a terminated worker releases its listening socket and connections',
       { timeout: 30000 },
-      async () => {
+      async (t) => {
         const w = startProxyWorker(engine, echo.port);
         let live;
-        try {
-          const { port } = await w.next('ready');
-          live = await connect(port);
-          await pingEcho(live);
-          await withTimeout(w.worker.terminate(), 5000, 'worker.terminate() with a live proxy');
-          await waitPeerClosed(live, 3000, 'the live connection through the terminated worker is closed');
-          await waitFor(
-            () =>
-              expectRefused(port, V4).then(
-                () => true,
-                () => false,
-              ),
-            {
-              timeout: 3000,
-              interval: 100,
-              what: `port ${port} of the terminated worker's proxy refuses connections`,
-            },
-          );
-          // The main proxy is unaffected.
-          const mine = await addMapping(proxy, echo.port);
-          try {
-            const got = await exchange(mine.listen.port, V4, Buffer.from('main ok'), { keep: true });
-            assert.equal(got.data.toString(), 'main ok');
-          } finally {
-            await safeRemove(proxy, mine);
-          }
-        } finally {
+        t.after(async () => {
           live?.destroy();
           await withTimeout(w.worker.terminate(), 5000, 'terminate').catch(() => {});
-        }
+        });
+        const { port } = await w.next('ready');
+        live = await connect(port);
+        await pingEcho(live);
+        await withTimeout(w.worker.terminate(), 5000, 'worker.terminate() with a live proxy');
+        await waitPeerClosed(live, 3000, 'the live connection through the terminated worker is closed');
+        await waitFor(
+          () =>
+            expectRefused(port, V4).then(
+              () => true,
+              () => false,
+            ),
+          {
+            timeout: 3000,
+            interval: 100,
+            what: `port ${port} of the terminated worker's proxy refuses connections`,
+          },
+        );
+        // The main proxy is unaffected.
+        const mine = await addMapping(proxy, echo.port);
+        t.after(() => safeRemove(proxy, mine));
+        const got = await exchange(mine.listen.port, V4, Buffer.from('main ok'), { keep: true });
+        assert.equal(got.data.toString(), 'main ok');
       },
     );
   });
@@ -329,75 +323,70 @@ for (const engine of ENGINES) {
     test(
       'unref(): a process with only a mapping exits by itself with code 0',
       { timeout: 20000 },
-      async () => {
+      async (t) => {
         const c = spawnChild(childScript(engine, echo.port, 'proxy.unref();'));
-        try {
-          const result = await withTimeout(c.exited, 5000, 'unref()ed child exits by itself');
-          assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
-          await c.ready(1000); // it really got as far as add() + unref()
-        } finally {
+        t.after(async () => {
           c.kill();
           await withTimeout(c.exited, 5000, 'child exit').catch(() => {});
-        }
+        });
+        const result = await withTimeout(c.exited, 5000, 'unref()ed child exits by itself');
+        assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
+        await c.ready(1000); // it really got as far as add() + unref()
       },
     );
 
-    test('without unref(): the process stays alive and serves', { timeout: 20000 }, async () => {
+    test('without unref(): the process stays alive and serves', { timeout: 20000 }, async (t) => {
       const c = spawnChild(childScript(engine, echo.port, ''));
-      try {
-        const port = await c.ready();
-        await sleep(1000);
-        assert.equal(c.child.exitCode, null, `child must still be running; stderr: ${c.stderr}`);
-        assert.equal(c.child.signalCode, null);
-        const got = await exchange(port, V4, Buffer.from('child proxy'), { keep: true });
-        assert.equal(got.data.toString(), 'child proxy', 'the child process forwards');
-      } finally {
+      t.after(async () => {
         c.kill();
         await withTimeout(c.exited, 5000, 'child killed').catch(() => {});
-      }
+      });
+      const port = await c.ready();
+      await sleep(1000);
+      assert.equal(c.child.exitCode, null, `child must still be running; stderr: ${c.stderr}`);
+      assert.equal(c.child.signalCode, null);
+      const got = await exchange(port, V4, Buffer.from('child proxy'), { keep: true });
+      assert.equal(got.data.toString(), 'child proxy', 'the child process forwards');
     });
 
-    test('unref() then ref(): the process stays alive', { timeout: 20000 }, async () => {
+    test('unref() then ref(): the process stays alive', { timeout: 20000 }, async (t) => {
       const c = spawnChild(childScript(engine, echo.port, 'proxy.unref(); proxy.ref();'));
-      try {
-        await c.ready();
-        await sleep(1000);
-        assert.equal(c.child.exitCode, null, `child must still be running; stderr: ${c.stderr}`);
-        assert.equal(c.child.signalCode, null);
-      } finally {
+      t.after(async () => {
         c.kill();
         await withTimeout(c.exited, 5000, 'child killed').catch(() => {});
-      }
+      });
+      await c.ready();
+      await sleep(1000);
+      assert.equal(c.child.exitCode, null, `child must still be running; stderr: ${c.stderr}`);
+      assert.equal(c.child.signalCode, null);
     });
 
     test(
       'close(): a process that closes its proxy exits by itself with code 0',
       { timeout: 20000 },
-      async () => {
+      async (t) => {
         const c = spawnChild(childScript(engine, echo.port, 'await proxy.close();'));
-        try {
-          const result = await withTimeout(c.exited, 8000, 'child exits after close()');
-          assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
-        } finally {
+        t.after(async () => {
           c.kill();
           await withTimeout(c.exited, 5000, 'child exit').catch(() => {});
-        }
+        });
+        const result = await withTimeout(c.exited, 8000, 'child exits after close()');
+        assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
       },
     );
 
     test(
       'remove() of its only mapping: the process exits by itself with code 0',
       { timeout: 20000 },
-      async () => {
+      async (t) => {
         const c = spawnChild(childScript(engine, echo.port, 'await proxy.remove(m);'));
-        try {
-          const result = await withTimeout(c.exited, 5000, 'child exits once no mapping is left');
-          assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
-          await c.ready(1000);
-        } finally {
+        t.after(async () => {
           c.kill();
           await withTimeout(c.exited, 5000, 'child exit').catch(() => {});
-        }
+        });
+        const result = await withTimeout(c.exited, 5000, 'child exits once no mapping is left');
+        assert.deepEqual(result, { code: 0, signal: null }, `stderr: ${c.stderr}`);
+        await c.ready(1000);
       },
     );
 

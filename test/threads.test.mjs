@@ -1,3 +1,4 @@
+// @test-tag slow: about 20 s
 // threads: 'auto', the default: one engine thread while idle, more while the threads are
 // busy, never more than the CPUs the process may run on; busy connections handed over to a
 // new thread stay byte-exact and the counters stay exact. The drop-in's threads.
@@ -199,59 +200,58 @@ describe("threads: 'auto'", () => {
     if (limit < 2) return t.skip(`this process may run on ${limit} CPU: nothing to grow to`);
     const echo = spawnNode(ECHO);
     const proxy = createProxy({ threads: 'auto', pipeSize: SMALL_PIPES });
-    try {
-      const echoPort = Number(await nextLine(echo, 'echo port'));
-      const mapping = await proxy.add({
-        proto: 'tcp',
-        listen: { host: V4, port: 0 },
-        target: { host: V4, port: echoPort },
-      });
-      let most = 1;
-      let mostNamed = 1;
-      const streams = 4;
-      // Every connection is accepted while the engine has one thread; then it must grow.
-      const results = await bulk(mapping.listen.port, streams, {
-        until: () => most > 1,
-        sample: () => {
-          most = Math.max(most, proxy.stats().threads);
-          mostNamed = Math.max(mostNamed, engineThreads().length);
-        },
-        maxMs: 30000,
-        extraMs: 1500,
-      });
-      assert.ok(most > 1, `the engine grew under load (stats().threads reached ${most})`);
-      assert.ok(most <= limit, `${most} threads, at most the ${limit} CPUs`);
-      assert.equal(mostNamed, most, 'stats().threads is the number of engine threads');
-      const added = engineThreads().filter((e) => e.name !== 'portsplice-0');
-      assert.ok(
-        added.some((e) => e.ticks > 2),
-        `a thread added after every connection was accepted moved bytes: ${show(added)}`,
-      );
-      let sent = 0n;
-      for (const r of results) {
-        assert.ok(r.sentBytes > 0);
-        assert.equal(r.gotBytes, r.sentBytes, 'every byte came back');
-        assert.equal(r.got, r.sent, 'byte-exact (sha256) both ways');
-        sent += BigInt(r.sentBytes);
-      }
-      let st;
-      for (let i = 0; i < 100; i++) {
-        st = proxy.stats().mappings[0];
-        if (st.connections.active === 0) break;
-        await sleep(20);
-      }
-      assert.deepEqual(
-        st.connections,
-        { accepted: streams, active: 0, failed: 0 },
-        'connection counters summed over threads',
-      );
-      assert.equal(st.bytes.toTarget, sent);
-      assert.equal(st.bytes.toClient, sent);
-      assert.equal(st.bytes.spliced + st.bytes.copied, 2n * sent);
-    } finally {
+    t.after(async () => {
       await safeClose(proxy);
       echo.kill();
+    });
+    const echoPort = Number(await nextLine(echo, 'echo port'));
+    const mapping = await proxy.add({
+      proto: 'tcp',
+      listen: { host: V4, port: 0 },
+      target: { host: V4, port: echoPort },
+    });
+    let most = 1;
+    let mostNamed = 1;
+    const streams = 4;
+    // Every connection is accepted while the engine has one thread; then it must grow.
+    const results = await bulk(mapping.listen.port, streams, {
+      until: () => most > 1,
+      sample: () => {
+        most = Math.max(most, proxy.stats().threads);
+        mostNamed = Math.max(mostNamed, engineThreads().length);
+      },
+      maxMs: 30000,
+      extraMs: 1500,
+    });
+    assert.ok(most > 1, `the engine grew under load (stats().threads reached ${most})`);
+    assert.ok(most <= limit, `${most} threads, at most the ${limit} CPUs`);
+    assert.equal(mostNamed, most, 'stats().threads is the number of engine threads');
+    const added = engineThreads().filter((e) => e.name !== 'portsplice-0');
+    assert.ok(
+      added.some((e) => e.ticks > 2),
+      `a thread added after every connection was accepted moved bytes: ${show(added)}`,
+    );
+    let sent = 0n;
+    for (const r of results) {
+      assert.ok(r.sentBytes > 0);
+      assert.equal(r.gotBytes, r.sentBytes, 'every byte came back');
+      assert.equal(r.got, r.sent, 'byte-exact (sha256) both ways');
+      sent += BigInt(r.sentBytes);
     }
+    let st;
+    for (let i = 0; i < 100; i++) {
+      st = proxy.stats().mappings[0];
+      if (st.connections.active === 0) break;
+      await sleep(20);
+    }
+    assert.deepEqual(
+      st.connections,
+      { accepted: streams, active: 0, failed: 0 },
+      'connection counters summed over threads',
+    );
+    assert.equal(st.bytes.toTarget, sent);
+    assert.equal(st.bytes.toClient, sent);
+    assert.equal(st.bytes.spliced + st.bytes.copied, 2n * sent);
   });
 
   test(
@@ -330,33 +330,30 @@ describe('the drop-in binary', () => {
     return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
   }
 
-  test('idle: 2 threads (main and one engine thread) and about 1 MB resident; PORTSPLICE_THREADS=N runs N', async () => {
+  test('idle: 2 threads (main and one engine thread) and about 1 MB resident; PORTSPLICE_THREADS=N runs N', async (t) => {
     const echo = await startEchoServer();
-    try {
-      for (const [env, engine] of [
-        [{}, 1],
-        [{ PORTSPLICE_THREADS: 'auto' }, 1],
-        [{ PORTSPLICE_THREADS: '3' }, 3],
-      ]) {
-        const child = launch(env, await freePort(), echo.port);
-        try {
-          assert.equal(await child.status, '0\n', show(env));
-          const port = Number(/-host-port,(\d+)/.exec(child.spawnargs.join(','))[1]);
-          const payload = Buffer.from('ping\n');
-          for (let i = 0; i < 10; i++)
-            assert.equal((await exchange(port, V4, payload)).sha256, sha256(payload));
-          await sleep(300);
-          assert.equal(readdirSync(`/proc/${child.pid}/task`).length, 1 + engine, `${show(env)}: threads`);
-          assert.equal(engineThreads(child.pid).length, engine);
-          if (engine === 1)
-            assert.ok(residentKiB(child.pid) < 3 * 1024, `resident ${residentKiB(child.pid)} KiB`);
-        } finally {
-          child.kill('SIGTERM');
-          await withTimeout(child.exited, 5000, 'drop-in exit');
-        }
+    t.after(() => closeServers(echo));
+    for (const [env, engine] of [
+      [{}, 1],
+      [{ PORTSPLICE_THREADS: 'auto' }, 1],
+      [{ PORTSPLICE_THREADS: '3' }, 3],
+    ]) {
+      const child = launch(env, await freePort(), echo.port);
+      try {
+        assert.equal(await child.status, '0\n', show(env));
+        const port = Number(/-host-port,(\d+)/.exec(child.spawnargs.join(','))[1]);
+        const payload = Buffer.from('ping\n');
+        for (let i = 0; i < 10; i++)
+          assert.equal((await exchange(port, V4, payload)).sha256, sha256(payload));
+        await sleep(300);
+        assert.equal(readdirSync(`/proc/${child.pid}/task`).length, 1 + engine, `${show(env)}: threads`);
+        assert.equal(engineThreads(child.pid).length, engine);
+        if (engine === 1)
+          assert.ok(residentKiB(child.pid) < 3 * 1024, `resident ${residentKiB(child.pid)} KiB`);
+      } finally {
+        child.kill('SIGTERM');
+        await withTimeout(child.exited, 5000, 'drop-in exit');
       }
-    } finally {
-      await closeServers(echo);
     }
   });
 

@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "../core/ps_counters.h"
+#include "../core/ps_worker.h"
 #include "native_proxy.h"
 
 namespace portsplice {
@@ -13,6 +14,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   for (uint32_t i = 0; i < ps::kStatsFieldCount; i++) fields.Set(i, Napi::String::New(env, ps::kStatsFieldNames[i]));
   fields.Freeze();
   exports.Set("statsFields", fields);
+  // Figures of the engine that tools measure against (soak/), from their one definition.
+  Napi::Object constants = Napi::Object::New(env);
+  constants.Set("maxIdlePipesPerThread",
+                Napi::Number::New(env, static_cast<double>(ps::EngineOptions{}.max_idle_pipes)));
+  constants.Set("fdsPerWorker", Napi::Number::New(env, ps::kFdsPerWorker));
+  constants.Freeze();
+  exports.Set("engineConstants", constants);
   return exports;
 }
 

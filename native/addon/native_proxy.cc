@@ -10,9 +10,6 @@ namespace portsplice {
 
 namespace {
 
-// The request id of the engine's own stop; JavaScript request ids start at 1.
-constexpr uint64_t kCloseRequest = UINT64_MAX;
-
 // A Node-style system error: message "bind EADDRINUSE: Address already in use
 // 127.0.0.1:80", and code, errno, syscall, address and port properties.
 Napi::Error SystemError(Napi::Env env, const ps::Error& error, const std::string& host, int port) {
@@ -70,8 +67,8 @@ NativeProxy::NativeProxy(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   // never blocks on JavaScript.
   Completions tsfn = completions_;
   ps::Error started = engine_.start(options, [tsfn](uint64_t request, int result) {
-    // Request 0 is a stop that nobody waits for (ShutdownNow): nothing to deliver.
-    if (request == 0) return;
+    // ShutdownNow's stop: nobody waits for it, nothing to deliver.
+    if (request == ps::kNoRequest) return;
     auto* completion = new Completion{request, result};
     if (tsfn.NonBlockingCall(completion) != napi_ok) delete completion;
   });
@@ -111,7 +108,7 @@ void NativeProxy::OnEnvironmentCleanup(void* self) {
 void NativeProxy::ShutdownNow() {
   // Threads exit after closing their sockets; joining them takes no longer than one
   // pass of their loops.
-  engine_.stop(0);
+  engine_.stop(ps::kNoRequest);
   engine_.join();
   ReleaseCompletions();
 }
@@ -119,7 +116,7 @@ void NativeProxy::ShutdownNow() {
 void NativeProxy::DeliverCompletion(Napi::Env env, Napi::Function callback, NativeProxy* self, Completion* completion) {
   std::unique_ptr<Completion> owned(completion);
   if (env == nullptr) return;  // The environment is being torn down.
-  if (completion->request == kCloseRequest) {
+  if (completion->request == ps::kOwnerStopRequest) {
     self->FinishClose(env);
     return;
   }
@@ -150,13 +147,27 @@ static bool ReadInt(Napi::Object spec, const char* key, int64_t min, int64_t max
   return true;
 }
 
+// Reads a request id from JavaScript: a whole number from ps::kFirstRequest up to 2^53 (the
+// integers a double holds exactly), so that it can be neither of the engine's reserved ids.
+static bool ReadRequest(Napi::Value value, uint64_t* out) {
+  double number = value.As<Napi::Number>().DoubleValue();
+  if (!(number >= static_cast<double>(ps::kFirstRequest) && number <= 9007199254740992.0) ||
+      number != static_cast<double>(static_cast<uint64_t>(number))) {
+    Napi::RangeError::New(value.Env(), "requestId must be a whole number from 1 to 2^53").ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = static_cast<uint64_t>(number);
+  return true;
+}
+
 Napi::Value NativeProxy::Add(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsObject()) {
     ThrowTypeError(env, "add(requestId, spec)");
     return env.Undefined();
   }
-  uint64_t request = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+  uint64_t request = 0;
+  if (!ReadRequest(info[0], &request)) return env.Undefined();
   Napi::Object spec = info[1].As<Napi::Object>();
   std::string proto = spec.Get("proto").ToString().Utf8Value();
   std::string listen_host = spec.Get("listenHost").ToString().Utf8Value();
@@ -223,7 +234,7 @@ Napi::Value NativeProxy::Add(const Napi::CallbackInfo& info) {
 // Both take (requestId, mappingId) and complete asynchronously.
 static bool ReadMappingCommand(const Napi::CallbackInfo& info, const char* usage, uint64_t* request, uint32_t* id) {
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) return ThrowTypeError(info.Env(), usage);
-  *request = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+  if (!ReadRequest(info[0], request)) return false;
   *id = info[1].As<Napi::Number>().Uint32Value();
   return true;
 }
@@ -253,7 +264,7 @@ Napi::Value NativeProxy::Close(const Napi::CallbackInfo& info) {
   if (close_deferred_) return close_deferred_->Promise();
   auto deferred = std::make_unique<Napi::Promise::Deferred>(env);
   Napi::Promise promise = deferred->Promise();
-  if (engine_.stop(kCloseRequest) < 0) {
+  if (engine_.stop(ps::kOwnerStopRequest) < 0) {
     // Already stopped: nothing is left to close.
     FinishClose(env);
     deferred->Resolve(env.Undefined());

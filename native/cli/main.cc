@@ -44,8 +44,7 @@ namespace {
 constexpr int kStatusFd = 3;
 constexpr int kListenFd = 4;
 
-constexpr uint64_t kAddRequest = 1;
-constexpr uint64_t kStopRequest = 2;
+constexpr uint64_t kAddRequest = ps::kFirstRequest;
 
 // docker-proxy dials the container with no timeout of its own, leaving it to the
 // kernel's SYN retries (about two minutes); so does this one, in effect.
@@ -363,7 +362,7 @@ int main(int argc, char** argv) {
 
   wait_for_stop_signal(signal_fd.get());
   // Like docker-proxy: close the listener and every connection, and exit 0 at once.
-  engine.stop(kStopRequest);
+  engine.stop(ps::kOwnerStopRequest);
   engine.join();
   return 0;
 }

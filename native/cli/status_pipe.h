@@ -14,9 +14,6 @@ class StatusPipe {
   // and the status would be written to it.
   explicit StatusPipe(int fd);
 
-  // Whether a parent is listening: false when the proxy is run by hand without fd 3.
-  bool attached() const { return fd_.valid(); }
-
   // Writes "0\n" and closes the pipe, so that the parent's read sees end of file.
   void report_ready();
 

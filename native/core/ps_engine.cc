@@ -109,7 +109,7 @@ int Engine::cpu_limit() {
 }
 
 Engine::~Engine() {
-  if (running()) stop(0);
+  if (running()) stop(kNoRequest);
   join();
 }
 
@@ -128,7 +128,7 @@ Error Engine::start(const EngineOptions& options, CompletionFn on_complete) {
   }
   if (error.code < 0) {
     // Undo: the workers already running exit and are joined.
-    stop(0);
+    stop(kNoRequest);
     join();
     started_ = false;
     stopping_ = false;

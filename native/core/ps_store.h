@@ -40,6 +40,7 @@ class PipePool {
   // Closes the idle pipes.
   void clear() { idle_.clear(); }
 
+  // Pipes handed out now, the count max_in_use limits; read by native/test/test_pipe_pool.cc.
   size_t in_use() const { return in_use_; }
 
   // A connection moving to another thread takes its pipes along: the old pool stops

@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "ps_worker.h"
+#include "ps_worker_context.h"
 
 namespace ps {
 
@@ -227,7 +227,7 @@ int set_tcp_options(int fd, const MappingConfig& config) {
   return 0;
 }
 
-TcpSession::TcpSession(Worker* worker, Mapping* mapping, UniqueFd client)
+TcpSession::TcpSession(WorkerContext* worker, Mapping* mapping, UniqueFd client)
     : worker_(worker), mapping_(mapping), counters_(&mapping->counters(worker->index())), client_(std::move(client)) {
   client_watcher_.fd = client_.get();
   client_watcher_.tag = kClient;
@@ -453,7 +453,7 @@ void TcpSession::detach() {
   worker_->pipes().disown(static_cast<size_t>(up_.pipe.valid()) + static_cast<size_t>(down_.pipe.valid()));
 }
 
-void TcpSession::attach(Worker* worker) {
+void TcpSession::attach(WorkerContext* worker) {
   worker_ = worker;
   // `active` was counted up on the old worker's line and is counted down on this one:
   // the snapshot's unsigned sum wraps, so the total stays exact.

@@ -15,7 +15,7 @@
 
 namespace ps {
 
-class Worker;
+class WorkerContext;
 
 // TCP_NODELAY and the mapping's keep-alive on a socket. Set once on a listening socket,
 // they are inherited by every socket accept() returns (the kernel clones the listener:
@@ -27,7 +27,7 @@ int set_tcp_options(int fd, const MappingConfig& config);
 
 class TcpSession final : public EventHandler {
  public:
-  TcpSession(Worker* worker, Mapping* mapping, UniqueFd client);
+  TcpSession(WorkerContext* worker, Mapping* mapping, UniqueFd client);
 
   // Opens the target socket and starts connecting. On failure the session has already
   // closed itself (the client is reset and the failure counted), and the negative errno
@@ -51,7 +51,7 @@ class TcpSession final : public EventHandler {
   // counts on its line. The caller moves the session between the workers' lists.
   bool movable() const { return state_ == State::kOpen; }
   void detach();
-  void attach(Worker* worker);
+  void attach(WorkerContext* worker);
 
   uint32_t activity = 0;  // Events since the worker last sampled its load.
 
@@ -85,7 +85,7 @@ class TcpSession final : public EventHandler {
   void fail_connect();
   void finish(bool reset);
 
-  Worker* worker_;
+  WorkerContext* worker_;
   Mapping* mapping_;
   ThreadCounters* counters_;
   UniqueFd client_;

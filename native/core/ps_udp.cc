@@ -6,7 +6,7 @@
 
 #include <new>
 
-#include "ps_worker.h"
+#include "ps_worker_context.h"
 
 namespace ps {
 
@@ -102,7 +102,7 @@ std::unique_ptr<UdpBatch> UdpBatch::create() {
   return batch;
 }
 
-UdpForwarder::UdpForwarder(Worker* worker, std::shared_ptr<Mapping> mapping)
+UdpForwarder::UdpForwarder(WorkerContext* worker, std::shared_ptr<Mapping> mapping)
     : worker_(worker), mapping_(std::move(mapping)), counters_(&mapping_->counters(worker->index())) {
   listen_watcher_.fd = mapping_->listen_fd();
   listen_watcher_.handler = this;

@@ -20,7 +20,7 @@
 
 namespace ps {
 
-class Worker;
+class WorkerContext;
 
 // Scratch space for one batch of datagrams, shared by every UDP mapping of a worker.
 struct UdpBatch {
@@ -54,7 +54,7 @@ struct LocalAddress {
 
 class UdpForwarder final : public EventHandler {
  public:
-  UdpForwarder(Worker* worker, std::shared_ptr<Mapping> mapping);
+  UdpForwarder(WorkerContext* worker, std::shared_ptr<Mapping> mapping);
   ~UdpForwarder() override;
 
   // Starts reading the listening socket. Returns 0 or a negative errno.
@@ -129,7 +129,7 @@ class UdpForwarder final : public EventHandler {
   static constexpr size_t kMaxGsoBytes = 65000;
   static constexpr size_t kMaxGsoSegment = 1452;
 
-  Worker* worker_;
+  WorkerContext* worker_;
   std::shared_ptr<Mapping> mapping_;
   ThreadCounters* counters_;
   Watcher listen_watcher_;

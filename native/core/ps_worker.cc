@@ -46,13 +46,17 @@ int64_t monotonic_us() {
 
 }  // namespace
 
+WorkerContext::WorkerContext(int index, size_t pipe_size, size_t max_pipes, size_t max_idle_pipes,
+                             size_t max_idle_buffers)
+    : index_(index), pipes_(pipe_size, max_pipes, max_idle_pipes), buffers_(max_idle_buffers) {}
+
+WorkerContext::~WorkerContext() = default;
+
 Worker::Worker(int index, const EngineOptions& options, const CompletionFn* on_complete, Engine* engine)
-    : index_(index),
+    : WorkerContext(index, options.pipe_size, options.max_pipes, options.max_idle_pipes, kMaxIdleBuffers),
       on_complete_(on_complete),
       engine_(engine),
-      busy_permille_(options.busy_permille),
-      pipes_(options.pipe_size, options.max_pipes, options.max_idle_pipes),
-      buffers_(kMaxIdleBuffers) {}
+      busy_permille_(options.busy_permille) {}
 
 Worker::~Worker() {
   join();
@@ -372,7 +376,7 @@ void Worker::pause_listener(Listener* listener) {
   next_timer_ms_ = std::min(next_timer_ms_, listener->paused_until);
 }
 
-void Worker::track_connect(TcpSession* session) {
+void WorkerContext::track_connect(TcpSession* session) {
   connecting_.push_back(&session->connecting_link);
   next_timer_ms_ = std::min(next_timer_ms_, session->connect_deadline());
 }

@@ -20,6 +20,7 @@
 #include "ps_store.h"
 #include "ps_tcp_session.h"
 #include "ps_udp.h"
+#include "ps_worker_context.h"
 
 namespace ps {
 
@@ -27,6 +28,9 @@ namespace ps {
 // while they are busy, up to the CPUs the process may use.
 constexpr int kAutoThreads = 0;
 constexpr int kMaxThreads = 64;
+// Descriptors a worker holds of its own, whatever it serves: its epoll fd and its wake-up
+// eventfd (Worker::loop_, Worker::wake_fd_). The soak test counts on it, through the addon.
+constexpr int kFdsPerWorker = 2;
 
 struct EngineOptions {
   int threads = 1;             // 1 to kMaxThreads workers, or kAutoThreads.
@@ -59,9 +63,23 @@ struct Command {
 // Called on a worker thread when the last worker has carried out a command.
 using CompletionFn = std::function<void(uint64_t request, int result)>;
 
+// Request ids: the caller's tag for a command, handed back to the CompletionFn. Two are
+// reserved, so that a caller can tell its own commands from those it relays:
+// - kNoRequest: nobody waits for the completion. The engine stops itself with it when it
+//   is destroyed while running, the addon when its environment goes; the CompletionFn
+//   still runs and must ignore it.
+// - kOwnerStopRequest: the embedder's own stop (the addon's close(), the binary's exit on
+//   a signal), which it handles itself rather than passing it on.
+// Relayed ids are the ones between (the addon refuses the reserved ones from JavaScript,
+// whose ids count up from kFirstRequest).
+constexpr uint64_t kNoRequest = 0;
+constexpr uint64_t kFirstRequest = 1;
+constexpr uint64_t kOwnerStopRequest = UINT64_MAX;
+
 class Engine;
 
-class Worker final : public EventHandler {
+// A worker is the WorkerContext of the sessions and forwarders it runs.
+class Worker final : public EventHandler, public WorkerContext {
  public:
   // `engine` is asked for a less busy worker (or a new one) when this one is busy.
   Worker(int index, const EngineOptions& options, const CompletionFn* on_complete, Engine* engine);
@@ -85,22 +103,6 @@ class Worker final : public EventHandler {
 
   // Queues a command and wakes the thread. Safe from any thread.
   void post(Command command);
-
-  // For sessions, on this worker's thread.
-  int index() const { return index_; }
-  Loop& loop() { return loop_; }
-  PipePool& pipes() { return pipes_; }
-  BufferPool& buffers() { return buffers_; }
-  int64_t now_ms() const { return now_ms_; }
-  void track_connect(TcpSession* session);
-  // Makes the loop wake up by `when_ms` to run timers.
-  void schedule_timer(int64_t when_ms) {
-    if (when_ms < next_timer_ms_) next_timer_ms_ = when_ms;
-  }
-  // Frees a closed session or flow after the current batch of events.
-  void retire(EventHandler* handler) { retired_.push_back(handler); }
-  // Scratch space for UDP batches, made when the first UDP mapping arrives.
-  UdpBatch* udp_batch() { return udp_batch_.get(); }
 
   void on_event(Watcher* watcher, uint32_t events) override;
 
@@ -142,32 +144,23 @@ class Worker final : public EventHandler {
   // Counts this worker off the barrier; the last worker reports the command complete.
   void complete(const std::shared_ptr<Barrier>& barrier, int result);
 
-  int index_;
   const CompletionFn* on_complete_;
   Engine* engine_;
   int busy_permille_;
-  Loop loop_;
   UniqueFd wake_fd_;
   Watcher wake_watcher_;
   pthread_t thread_{};
   bool started_ = false;
   bool running_ = true;
-  int64_t now_ms_ = 0;
-  int64_t next_timer_ms_ = INT64_MAX;
 
   std::mutex mutex_;
   std::vector<Command> queue_;     // Guarded by mutex_.
   std::vector<Command> commands_;  // The batch being carried out, on this thread.
   bool wake_pending_ = false;
 
-  PipePool pipes_;
-  BufferPool buffers_;
   std::vector<std::unique_ptr<Listener>> listeners_;  // TCP mappings.
   std::vector<std::unique_ptr<UdpForwarder>> udp_;    // UDP mappings this worker owns.
-  std::unique_ptr<UdpBatch> udp_batch_;
   List<TcpSession> sessions_;
-  List<TcpSession> connecting_;
-  std::vector<EventHandler*> retired_;  // Freed after the current batch of events.
 
   // Load sampling, on this thread; the result is published for the other workers.
   int64_t sample_start_us_ = 0;

@@ -560,7 +560,7 @@ class Control {
   Completions* completions_;
   Directory* directory_;
   Totals* totals_;
-  uint64_t next_request_ = 1;
+  uint64_t next_request_ = ps::kFirstRequest;
 };
 
 int run(int seconds, int threads, bool forks) {
@@ -629,9 +629,9 @@ int run(int seconds, int threads, bool forks) {
     {
       std::lock_guard<std::mutex> lock(engine_mutex);
       threads_at_end = engine.thread_count();
-      rc = engine.stop(UINT64_MAX);
+      rc = engine.stop(ps::kOwnerStopRequest);
     }
-    if (rc == 0) rc = completions.wait(UINT64_MAX);
+    if (rc == 0) rc = completions.wait(ps::kOwnerStopRequest);
     if (rc < 0) fail("stop", ps::errno_name(rc));
     {
       std::lock_guard<std::mutex> lock(engine_mutex);

@@ -8,15 +8,15 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { dockerProxyPath } from '../docker-proxy-path.js';
-import type { Streams } from './run.js';
+import type { Streams } from './streams.js';
 
 /** Where `install` puts the binary when no DIR is given (next to Docker's own helpers). */
-export const DEFAULT_INSTALL_DIR = '/usr/local/libexec/docker';
+const DEFAULT_INSTALL_DIR = '/usr/local/libexec/docker';
 const BINARY = 'portsplice-docker-proxy';
 /** How long the installed binary gets to answer `-v`. */
 const VERIFY_TIMEOUT_MS = 5000;
 
-export const DOCKER_PROXY_HELP = `Usage: portsplice docker-proxy [path]
+const DOCKER_PROXY_HELP = `Usage: portsplice docker-proxy [path]
        portsplice docker-proxy install [DIR]
 
 path (the default)  Print the absolute path of the portsplice-docker-proxy binary in this

@@ -21,14 +21,14 @@ const MAX_PENDING = 8;
 export type Assignments = Record<string, string | number>;
 
 /** Formats assignments as sd_notify(3) takes them; a value cannot span lines. */
-export function formatAssignments(assignments: Assignments): string[] {
+function formatAssignments(assignments: Assignments): string[] {
   return Object.entries(assignments).map(
     ([key, value]) => `${key}=${String(value).replace(/[\r\n]+/g, ' ')}`,
   );
 }
 
 /** CLOCK_MONOTONIC in microseconds, as RELOADING=1 wants it in MONOTONIC_USEC (libuv's hrtime). */
-export function monotonicUsec(): bigint {
+function monotonicUsec(): bigint {
   return process.hrtime.bigint() / 1000n;
 }
 

@@ -12,6 +12,7 @@ import { parseArgs, type CliOptions } from './args.js';
 import { formatEndpoint } from './endpoint.js';
 import { HELP } from './help.js';
 import { SystemdNotifier } from './notify.js';
+import type { Streams } from './streams.js';
 import { DEFAULT_JSON_INTERVAL, DEFAULT_LIVE_INTERVAL, OPTIONS } from './options.js';
 import { mappingLabel, mappingLabels } from './groups.js';
 import { applyMappings, mappingKeys, openSpec, type LiveMapping } from './reload.js';
@@ -19,18 +20,10 @@ import { describeSpec } from './spec.js';
 import { UsageError } from './where.js';
 import { describeMapping, startJsonLines, startLiveView, startupLine, type View } from './view.js';
 
-/** Where the CLI writes; `process.stdout`/`process.stderr` in real use. */
-export interface Streams {
-  stdout: NodeJS.WritableStream & { isTTY?: boolean; columns?: number; rows?: number };
-  stderr: NodeJS.WritableStream;
-  /** The live view's keys, when it is a terminal. */
-  stdin?: NodeJS.ReadStream;
-}
-
 /** How long past the drain timeout shutdown may take before the CLI gives up and exits 1. */
 const SHUTDOWN_GRACE_MS = 5000;
 
-export function packageVersion(): string {
+function packageVersion(): string {
   try {
     const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
       version?: string;
@@ -47,7 +40,7 @@ export function packageVersion(): string {
  * for a 'pipe', so a socket counts too; a Node process started without fd 3 has its own
  * epoll descriptor there, which is neither.)
  */
-export class StatusPipe {
+class StatusPipe {
   #fd: number | undefined;
 
   constructor(fd = 3) {

@@ -5,9 +5,7 @@
 import type { ResolvedMapping } from './config.js';
 import type { RawCounters } from './counters.js';
 
-export type { RawCounters } from './counters.js';
-
-export interface Backend {
+export interface Engine {
   /** Binds and starts serving; resolves to the engine's id and the port actually bound. */
   add(mapping: ResolvedMapping): Promise<{ id: number; port: number }>;
   /** Closes the mapping's listening socket; its open connections go on (a drain). */
