@@ -266,12 +266,14 @@ describe('health', () => {
       options: { proto: 'tcp', listen: { port: 8000 + id }, target: { host: V4, port: 80 } },
       source: '-p',
     },
-    mapping: {
-      id,
-      proto: 'tcp',
-      listen: { host: '0.0.0.0', port: 8000 + id },
-      target: { host: V4, port: 80 },
-    },
+    mappings: [
+      {
+        id,
+        proto: 'tcp',
+        listen: { host: '0.0.0.0', port: 8000 + id },
+        target: { host: V4, port: 80 },
+      },
+    ],
   }));
   test('ok only while running with every mapping listening', () => {
     assert.deepEqual(healthOf('running', undefined, 2, live, new Set([1, 2])), {
