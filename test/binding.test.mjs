@@ -3,10 +3,11 @@
 // with a RangeError instead of completing never or closing the proxy.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createRequire } from 'node:module';
+import { loadBinding } from '../dist/binding.js';
 import { V4 } from './helpers.mjs';
 
-const binding = createRequire(import.meta.url)('../build/Release/portsplice.node');
+// The addon the library itself loads (a prebuild, build/Release or PORTSPLICE_ADDON).
+const binding = loadBinding();
 
 function nativeProxy(t) {
   const completions = [];
