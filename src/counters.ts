@@ -25,6 +25,7 @@ export const COUNTERS = [
   ['droppedRefused', 'count', 'udp'],
   ['droppedTruncated', 'count', 'udp'],
   ['droppedOther', 'count', 'udp'],
+  ['proxyHeadersSent', 'count', 'tcp'],
 ] as const;
 
 type CounterDef = (typeof COUNTERS)[number];

@@ -92,6 +92,7 @@ export class SpliceBackend implements Backend {
         udpTimeoutMs: spec.udpTimeoutMs,
         udpMaxFlows: spec.udpMaxFlows,
         keepAlive: spec.keepAlive,
+        proxyProtocol: spec.proxyProtocol,
       });
       context.port = result.port;
     });

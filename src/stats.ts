@@ -16,7 +16,12 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
     return {
       ...common,
       proto: 'tcp',
-      connections: { accepted: c.accepted, active: c.active, failed: c.failed },
+      connections: {
+        accepted: c.accepted,
+        active: c.active,
+        failed: c.failed,
+        proxyHeadersSent: c.proxyHeadersSent,
+      },
       bytes,
     };
   }

@@ -5,6 +5,7 @@
 import net from 'node:net';
 import type { RawCounters } from './backend.js';
 import type { ResolvedMapping } from './config.js';
+import { proxyHeader } from './proxy-protocol.js';
 import type { StreamMapping } from './stream-engine.js';
 
 /**
@@ -105,6 +106,24 @@ export class StreamTcpMapping implements StreamMapping {
     target.on('connect', () => {
       connected = true;
       clearTimeout(timer);
+      const version = this.#spec.proxyProtocol;
+      if (version !== undefined) {
+        // A client that reset while the target was being connected has no address left.
+        if (client.remoteAddress === undefined || client.localAddress === undefined) {
+          reset(target);
+          return;
+        }
+        // One write before any client byte (the client is paused until now): libuv sends it
+        // at once with one send() on the fresh socket, and queues a short write's rest
+        // ahead of everything written after it.
+        const header = proxyHeader(
+          version,
+          { address: client.remoteAddress, port: client.remotePort ?? 0 },
+          { address: client.localAddress, port: client.localPort ?? 0 },
+        );
+        target.write(header);
+        counters.proxyHeadersSent++;
+      }
       client.resume();
     });
 

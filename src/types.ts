@@ -75,7 +75,21 @@ export interface MappingOptions {
    * the interval and count there are libuv's (1 s and 10 probes).
    */
   keepAlive?: KeepAliveOptions | false;
+  /**
+   * TCP: send a PROXY protocol header (HAProxy's spec) to the target before any client byte,
+   * so that a target that accepts it (nginx `proxy_protocol`, HAProxy `accept-proxy`,
+   * Envoy, Traefik, PostgreSQL poolers...) sees the client's address and port and the
+   * address and port the client connected to, instead of the proxy's. `'v1'` is the text
+   * line (`PROXY TCP4 203.0.113.7 192.0.2.1 51234 8080\r\n`), `'v2'` the binary header
+   * (no TLVs). An IPv4 client of a dual-stack `[::]` listener is announced as IPv4. Off by
+   * default: only enable it toward a target configured to expect the header, which it
+   * would otherwise read as the start of the client's data. Rejected on UDP mappings.
+   */
+  proxyProtocol?: ProxyProtocolVersion;
 }
+
+/** The PROXY protocol versions: 1 (text) and 2 (binary). */
+export type ProxyProtocolVersion = 'v1' | 'v2';
 
 /**
  * TCP keep-alive: after `idleMs` without a segment from the peer the kernel sends a probe
@@ -126,6 +140,8 @@ export interface ConnectionCounters {
   active: number;
   /** Connections whose target could not be reached (refused, unreachable, timed out). */
   failed: number;
+  /** PROXY protocol headers sent whole to the target (0 unless `proxyProtocol` is set). */
+  proxyHeadersSent: number;
 }
 
 /**

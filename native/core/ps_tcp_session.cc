@@ -5,10 +5,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -261,7 +263,8 @@ int TcpSession::start() {
 }
 
 void TcpSession::on_connect_timeout() {
-  if (state_ == State::kConnecting) fail_connect();
+  // A PROXY header still unsent by then counts as a connect that did not complete.
+  if (state_ == State::kConnecting || state_ == State::kHeader) fail_connect();
 }
 
 void TcpSession::fail_connect() {
@@ -270,6 +273,82 @@ void TcpSession::fail_connect() {
 }
 
 void TcpSession::on_connected() {
+  if (mapping_->config().proxy_protocol != ProxyProtocol::kOff && !send_proxy_header()) return;
+  start_forwarding();
+}
+
+// Sends the PROXY header on the fresh socket, before the first splice. Returns true when it
+// is all sent; false when the session has closed or waits in kHeader for EPOLLOUT.
+bool TcpSession::send_proxy_header() {
+  sockaddr_storage peer{}, local{};
+  socklen_t peer_length = sizeof peer, local_length = sizeof local;
+  // The client's own address and the one it reached (never the listener's wildcard). A
+  // client that reset while the target was being connected fails with ENOTCONN: nothing
+  // to announce, reset the target too.
+  if (getpeername(client_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) < 0 ||
+      getsockname(client_.get(), reinterpret_cast<sockaddr*>(&local), &local_length) < 0) {
+    finish(true);
+    return false;
+  }
+  char header[kProxyHeaderMax];
+  size_t length = build_proxy_header(mapping_->config().proxy_protocol, peer, local, header);
+  // One send() of the whole header, in a segment of its own (TCP_NODELAY, and no client
+  // byte has been read yet), as the spec asks: "the sender must ensure that all the
+  // protocol header is sent at once". An empty send buffer always takes ~100 bytes; a
+  // short write is handled anyway, by keeping the rest and finishing it before any splice.
+  ssize_t n;
+  do {
+    n = send(target_.get(), header, length, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN) {
+    finish(true);
+    return false;
+  }
+  size_t sent = n < 0 ? 0 : static_cast<size_t>(n);
+  if (sent == length) {
+    counters_->proxy_headers_sent.add(1);
+    return true;
+  }
+  header_.reset(new (std::nothrow) char[length - sent]);
+  if (header_ == nullptr) {
+    finish(true);
+    return false;
+  }
+  memcpy(header_.get(), header + sent, length - sent);
+  header_offset_ = 0;
+  header_length_ = static_cast<uint8_t>(length - sent);
+  state_ = State::kHeader;
+  if (worker_->loop().watch(&target_watcher_, EPOLLOUT) < 0) {
+    finish(true);
+    return false;
+  }
+  // Bounded by the connect timeout: still (or now, after a connect that completed at
+  // once) in the worker's list of pending connects.
+  if (!connecting_link.linked()) {
+    connect_deadline_ = worker_->now_ms() + mapping_->config().connect_timeout_ms;
+    worker_->track_connect(this);
+  }
+  return false;
+}
+
+// In kHeader, on EPOLLOUT: sends more of the header. True once it is all sent.
+bool TcpSession::flush_proxy_header() {
+  ssize_t n;
+  do {
+    n = send(target_.get(), header_.get() + header_offset_, header_length_ - header_offset_, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno != EAGAIN) finish(true);
+    return false;
+  }
+  header_offset_ = static_cast<uint8_t>(header_offset_ + n);
+  if (header_offset_ < header_length_) return false;
+  header_.reset();
+  counters_->proxy_headers_sent.add(1);
+  return true;
+}
+
+void TcpSession::start_forwarding() {
   state_ = State::kOpen;
   connecting_link.unlink();
   // Level triggered: the loop reports what is already waiting on either socket.
@@ -294,6 +373,15 @@ void TcpSession::on_event(Watcher* watcher, uint32_t events) {
       fail_connect();
     } else if (events & EPOLLOUT) {
       on_connected();
+    }
+    return;
+  }
+  if (state_ == State::kHeader) {
+    if (watcher->tag != kTarget) return;
+    if (events & (EPOLLERR | EPOLLHUP)) {
+      finish(true);
+    } else if ((events & EPOLLOUT) && flush_proxy_header()) {
+      start_forwarding();
     }
     return;
   }

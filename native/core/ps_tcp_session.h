@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <memory>
+
 #include "ps_fd.h"
 #include "ps_list.h"
 #include "ps_loop.h"
@@ -59,7 +61,9 @@ class TcpSession final : public EventHandler {
   ListLink<TcpSession> connecting_link{this};  // In the worker's list of pending connects.
 
  private:
-  enum class State { kConnecting, kOpen, kClosed };
+  // kHeader: connected, and the PROXY protocol header is not all sent yet (the target's
+  // send buffer was full); no client byte moves until it is.
+  enum class State { kConnecting, kHeader, kOpen, kClosed };
   enum Tag : uint8_t { kClient, kTarget };
 
   // Bytes in flight from one socket to the other.
@@ -82,6 +86,9 @@ class TcpSession final : public EventHandler {
   ssize_t write_out(Direction& d, int dst, bool toward_target);
   void update_interest(Watcher* event_watcher, uint32_t events);
   void on_connected();
+  bool send_proxy_header();
+  bool flush_proxy_header();
+  void start_forwarding();
   void fail_connect();
   void finish(bool reset);
 
@@ -97,6 +104,10 @@ class TcpSession final : public EventHandler {
   State state_ = State::kConnecting;
   bool no_splice_ = false;  // splice(2) said EINVAL: this connection copies.
   int64_t connect_deadline_ = 0;
+  // The unsent rest of the PROXY protocol header, only while state_ is kHeader.
+  std::unique_ptr<char[]> header_;
+  uint8_t header_offset_ = 0;
+  uint8_t header_length_ = 0;
 };
 
 }  // namespace ps

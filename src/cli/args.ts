@@ -5,8 +5,8 @@
  * Nothing is started until parsing has fully succeeded.
  */
 import { isIP } from 'node:net';
-import { checkKeepAlive, MAX_UDP_FLOWS } from '../config.js';
-import type { EngineName, MappingOptions, Proto } from '../types.js';
+import { checkKeepAlive, checkProxyProtocol, MAX_UDP_FLOWS } from '../config.js';
+import type { EngineName, MappingOptions, Proto, ProxyProtocolVersion } from '../types.js';
 
 /** A bad command line or config file: the message says what is wrong (the CLI exits 2). */
 export class UsageError extends Error {
@@ -78,6 +78,9 @@ Mappings:
 
 Options:
   --engine splice|stream Data path (default: splice on Linux).
+  --proxy-protocol v1|v2 Send a PROXY protocol header (client and listener addresses) to the
+                         target of every -p mapping, which must be TCP; a config file's
+                         mappings set "proxyProtocol" themselves.
   --threads auto|N       Native event-loop threads for the splice engine: auto (the default:
                          one while idle, more under load, up to the CPUs this process may
                          use) or exactly N (1-${MAX_THREADS}).
@@ -319,6 +322,7 @@ const MAPPING_KEYS = [
   'udpTimeoutMs',
   'udpMaxFlows',
   'keepAlive',
+  'proxyProtocol',
 ] as const;
 const INT_MAX = 2 ** 31 - 1;
 
@@ -373,6 +377,13 @@ function parseConfigMapping(value: unknown, where: string): MappingOptions {
       throw new UsageError(`${where}.${(error as Error).message}`);
     }
     mapping.keepAlive = value.keepAlive as MappingOptions['keepAlive'];
+  }
+  if (value.proxyProtocol !== undefined) {
+    try {
+      mapping.proxyProtocol = checkProxyProtocol(value.proxyProtocol, proto);
+    } catch (error) {
+      throw new UsageError(`${where}.${(error as Error).message}`);
+    }
   }
   return mapping;
 }
@@ -453,7 +464,8 @@ type FlagName =
   | 'host-port'
   | 'container-ip'
   | 'container-port'
-  | 'use-listen-fd';
+  | 'use-listen-fd'
+  | 'proxy-protocol';
 
 const BOOLEAN_FLAGS: ReadonlySet<FlagName> = new Set(['json', 'help', 'version', 'use-listen-fd']);
 
@@ -478,6 +490,7 @@ const FLAGS: Readonly<Record<string, FlagName>> = {
   'container-ip': 'container-ip',
   'container-port': 'container-port',
   'use-listen-fd': 'use-listen-fd',
+  'proxy-protocol': 'proxy-protocol',
 };
 
 function parseEngine(value: unknown, what: string): EngineName {
@@ -535,6 +548,7 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
   > = {};
   const cliMappings: MappingSpec[] = [];
   const configs: string[] = [];
+  let proxyProtocol: ProxyProtocolVersion | undefined;
 
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -609,6 +623,12 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
       case 'metrics':
         options.metrics = parseListenAddress(value, shown);
         break;
+      case 'proxy-protocol':
+        if (value !== 'v1' && value !== 'v2') {
+          throw new UsageError(`${shown} must be v1 or v2, got ${quote(value)}`);
+        }
+        proxyProtocol = value;
+        break;
       default:
         docker[flag as keyof typeof docker] = value; // Go's flag package: the last one wins
     }
@@ -632,6 +652,17 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
     if (config.threads !== undefined && options.threads === undefined) options.threads = config.threads;
     if (config.pipeSize !== undefined) options.pipeSize = config.pipeSize;
     if (config.maxPipes !== undefined) options.maxPipes = config.maxPipes;
+  }
+  if (proxyProtocol !== undefined) {
+    if (cliMappings.length === 0) {
+      throw new UsageError('--proxy-protocol applies to -p mappings, and none was given');
+    }
+    for (const spec of cliMappings) {
+      if (spec.options.proto === 'udp') {
+        throw new UsageError(`--proxy-protocol applies to TCP mappings only, not to ${spec.source}`);
+      }
+      spec.options.proxyProtocol = proxyProtocol;
+    }
   }
   options.mappings.push(...cliMappings);
 

@@ -63,6 +63,13 @@ const METRICS: MetricDef[] = [
     samples: (m) => [[{}, tcp(m).connections.failed]],
   },
   {
+    name: 'portsplice_proxy_headers_sent_total',
+    help: 'PROXY protocol headers sent to the target (mappings with proxyProtocol).',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).connections.proxyHeadersSent]],
+  },
+  {
     name: 'portsplice_bytes_total',
     help: 'Payload bytes forwarded, by direction (to_target, to_client).',
     type: 'counter',
