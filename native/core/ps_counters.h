@@ -45,7 +45,7 @@ class Counter {
   X(dropped_queue_full, "droppedQueueFull") /* EAGAIN or ENOBUFS on send. */                 \
   X(dropped_refused, "droppedRefused")      /* ECONNREFUSED: the target's port is closed. */ \
   X(dropped_truncated, "droppedTruncated")  /* Larger than the receive buffer. */            \
-  X(dropped_other, "droppedOther")          /* Any other send error. */              \
+  X(dropped_other, "droppedOther")          /* Any other send error. */                      \
   /* TCP, proxyProtocol. */                                                                  \
   X(proxy_headers_sent, "proxyHeadersSent") /* PROXY protocol headers sent whole. */
 
