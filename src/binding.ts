@@ -22,6 +22,8 @@ export interface NativeMappingSpec {
   keepAlive: { idleMs: number; intervalMs: number; count: number } | false;
   /** TCP only; undefined: off. */
   proxyProtocol: 'v1' | 'v2' | undefined;
+  /** TCP only. */
+  acceptProxyProtocol: boolean;
 }
 
 /** One native proxy: an engine with its own epoll threads. */

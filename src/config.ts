@@ -42,6 +42,8 @@ export interface ResolvedMapping {
   keepAlive: Required<KeepAliveOptions> | false;
   /** The PROXY protocol header sent to the target, or undefined (off; always for UDP). */
   proxyProtocol: ProxyProtocolVersion | undefined;
+  /** Whether every client must start with a PROXY header (always false for UDP). */
+  acceptProxyProtocol: boolean;
 }
 
 export interface ResolvedProxyOptions {
@@ -150,6 +152,22 @@ export function checkProxyProtocol(value: unknown, proto: Proto): ProxyProtocolV
   return version;
 }
 
+/** Validates a mapping's `acceptProxyProtocol` (also used by the command for its config files). */
+export function checkAcceptProxyProtocol(value: unknown, proto: Proto): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== 'boolean') {
+    fail(TypeError, 'ERR_INVALID_ARG_TYPE', `acceptProxyProtocol must be a boolean, got ${describe(value)}`);
+  }
+  if (value && proto === 'udp') {
+    fail(
+      TypeError,
+      'ERR_INVALID_ARG_VALUE',
+      "acceptProxyProtocol applies to TCP mappings only, not to proto 'udp'",
+    );
+  }
+  return value;
+}
+
 /** Validates a mapping's `keepAlive` (also used by the command for its config files). */
 export function checkKeepAlive(value: unknown, proto: Proto): Required<KeepAliveOptions> | false {
   if (proto === 'udp') {
@@ -235,6 +253,7 @@ export function validateMapping(options: unknown): ResolvedMapping {
     'udpMaxFlows',
     'keepAlive',
     'proxyProtocol',
+    'acceptProxyProtocol',
   ]);
   const proto = checkChoice(o.proto, 'proto', PROTOS);
   if (o.listen === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'listen is required');
@@ -273,6 +292,7 @@ export function validateMapping(options: unknown): ResolvedMapping {
         : checkInteger(o.udpMaxFlows, 'udpMaxFlows', 1, MAX_UDP_FLOWS),
     keepAlive: checkKeepAlive(o.keepAlive, proto),
     proxyProtocol: checkProxyProtocol(o.proxyProtocol, proto),
+    acceptProxyProtocol: checkAcceptProxyProtocol(o.acceptProxyProtocol, proto),
   };
 }
 

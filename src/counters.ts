@@ -26,6 +26,8 @@ export const COUNTERS = [
   ['droppedTruncated', 'count', 'udp'],
   ['droppedOther', 'count', 'udp'],
   ['proxyHeadersSent', 'count', 'tcp'],
+  ['proxyHeadersReceived', 'count', 'tcp'],
+  ['proxyHeadersRejected', 'count', 'tcp'],
 ] as const;
 
 type CounterDef = (typeof COUNTERS)[number];

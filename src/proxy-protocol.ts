@@ -90,3 +90,109 @@ export function proxyHeader(
   }
   return header;
 }
+
+/** The longest header accepted from a client (the spec's 536-byte segment, section 2). */
+export const ACCEPTED_HEADER_MAX = 536;
+/** How long a client has to send its whole header (the spec's "at least 3 seconds"). */
+export const PROXY_HEADER_TIMEOUT_MS = 3000;
+const V1_MAX = 107;
+
+/** A complete header read from a client: its length, and its addresses unless it has none. */
+export interface ReceivedHeader {
+  length: number;
+  source?: ConnectionEnd;
+  destination?: ConnectionEnd;
+}
+
+/** A port as the spec writes it: 1 to 5 digits, no leading zero, at most 65535. */
+function port(text: string): number | undefined {
+  if (!/^(0|[1-9]\d{0,4})$/.test(text)) return undefined;
+  const n = Number(text);
+  return n <= 65535 ? n : undefined;
+}
+
+/** Dotted decimal with no leading zeroes (the spec's canonical IPv4 form). */
+const CANONICAL_V4 = /^(0|[1-9]\d{0,2})(\.(0|[1-9]\d{0,2})){3}$/;
+
+function parseV1(data: Buffer): ReceivedHeader | 0 | 'invalid' | 'oversized' {
+  const prefix = Buffer.from('PROXY ');
+  if (!data.subarray(0, prefix.length).equals(prefix.subarray(0, Math.min(data.length, prefix.length)))) {
+    return 'invalid';
+  }
+  const limit = Math.min(data.length, V1_MAX);
+  for (let i = 0; i < limit; i++) {
+    if (data[i] === 0x0a) return 'invalid'; // A lone LF.
+    if (data[i] !== 0x0d) continue;
+    if (i + 1 >= data.length) return 0;
+    if (data[i + 1] !== 0x0a || i + 2 > V1_MAX) return 'invalid';
+    const line = data.toString('latin1', 0, i);
+    const length = i + 2;
+    if (line === 'PROXY UNKNOWN' || line.startsWith('PROXY UNKNOWN ')) return { length };
+    const m = /^PROXY (TCP4|TCP6) ([^ ]+) ([^ ]+) ([^ ]+) ([^ ]+)$/.exec(line);
+    if (!m) return 'invalid';
+    const valid = m[1] === 'TCP4' ? (a: string) => isIPv4(a) && CANONICAL_V4.test(a) : isIPv6;
+    const [sp, dp] = [port(m[4]), port(m[5])];
+    if (!valid(m[2]) || !valid(m[3]) || m[2].includes('%') || m[3].includes('%')) return 'invalid';
+    if (sp === undefined || dp === undefined) return 'invalid';
+    return { length, source: { address: m[2], port: sp }, destination: { address: m[3], port: dp } };
+  }
+  return data.length >= V1_MAX ? 'oversized' : 0;
+}
+
+/** An IPv6 address from 16 bytes, in Node's (and inet_ntop's) compressed form. */
+function ipv6Text(bytes: Buffer): string {
+  // IPv4-mapped: written with the dotted tail, as Node reports such a peer.
+  if (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) {
+    return `::ffff:${[...bytes.subarray(12)].join('.')}`;
+  }
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i).toString(16));
+  // The longest run of two or more zero groups becomes "::" (RFC 5952).
+  let best = -1;
+  let bestLength = 1;
+  for (let i = 0; i < 8;) {
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > bestLength) {
+      best = i;
+      bestLength = j - i;
+    }
+    i = j === i ? i + 1 : j;
+  }
+  if (best < 0) return groups.join(':');
+  return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLength).join(':')}`;
+}
+
+function parseV2(data: Buffer): ReceivedHeader | 0 | 'invalid' | 'oversized' {
+  const n = Math.min(data.length, V2_SIGNATURE.length);
+  if (!data.subarray(0, n).equals(V2_SIGNATURE.subarray(0, n))) return 'invalid';
+  if (data.length > 12 && (data[12] >> 4 !== 2 || (data[12] & 0x0f) > 1)) return 'invalid';
+  if (data.length > 13 && ![0x00, 0x11, 0x12, 0x21, 0x22, 0x31, 0x32].includes(data[13])) return 'invalid';
+  if (data.length < 16) return 0;
+  const length = 16 + data.readUInt16BE(14);
+  if (length > ACCEPTED_HEADER_MAX) return 'oversized';
+  if (data.length < length) return 0;
+  // PROXY over TCP: the addresses; LOCAL and every other family: the real endpoints.
+  if ((data[12] & 0x0f) !== 1 || (data[13] !== V2_TCP4 && data[13] !== V2_TCP6)) return { length };
+  const bytes = data[13] === V2_TCP4 ? 4 : 16;
+  if (length - 16 < 2 * bytes + 4) return 'invalid';
+  const text = (at: number) =>
+    bytes === 4 ? [...data.subarray(at, at + 4)].join('.') : ipv6Text(data.subarray(at, at + 16));
+  return {
+    length,
+    source: { address: text(16), port: data.readUInt16BE(16 + 2 * bytes) },
+    destination: { address: text(16 + bytes), port: data.readUInt16BE(18 + 2 * bytes) },
+  };
+}
+
+/**
+ * Parses what a client sent first: a complete v1 or v2 header, 0 while it is a valid
+ * beginning of one, 'invalid' when it is not one, 'oversized' past ACCEPTED_HEADER_MAX (v2)
+ * or without CRLF within 107 bytes (v1). As parse_proxy_header in the native core.
+ */
+export function parseProxyHeader(data: Buffer): ReceivedHeader | 0 | 'invalid' | 'oversized' {
+  if (data.length === 0) return 0;
+  if (data[0] === V2_SIGNATURE[0]) return parseV2(data);
+  if (data[0] === 0x50) return parseV1(data);
+  return 'invalid';
+}

@@ -93,6 +93,7 @@ export class SpliceBackend implements Backend {
         udpMaxFlows: spec.udpMaxFlows,
         keepAlive: spec.keepAlive,
         proxyProtocol: spec.proxyProtocol,
+        acceptProxyProtocol: spec.acceptProxyProtocol,
       });
       context.port = result.port;
     });

@@ -21,6 +21,8 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
         active: c.active,
         failed: c.failed,
         proxyHeadersSent: c.proxyHeadersSent,
+        proxyHeadersReceived: c.proxyHeadersReceived,
+        proxyHeadersRejected: c.proxyHeadersRejected,
       },
       bytes,
     };

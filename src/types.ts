@@ -86,6 +86,17 @@ export interface MappingOptions {
    * would otherwise read as the start of the client's data. Rejected on UDP mappings.
    */
   proxyProtocol?: ProxyProtocolVersion;
+  /**
+   * TCP: every client must start its connection with a PROXY protocol header (v1 or v2,
+   * told apart by their signatures), as behind a load balancer that sends one (HAProxy
+   * `send-proxy`, AWS NLB, nginx `proxy_protocol on`). The header is read and checked
+   * before the target is connected; its addresses then are the client's, for the header
+   * that `proxyProtocol` sends onwards. A header that is malformed, longer than 536 bytes,
+   * or not complete within 3 s gets the client reset and is counted in
+   * `connections.proxyHeadersRejected`. Default false. Only enable it on a listener that
+   * nothing but the load balancer can reach: the header's addresses are taken on trust.
+   */
+  acceptProxyProtocol?: boolean;
 }
 
 /** The PROXY protocol versions: 1 (text) and 2 (binary). */
@@ -142,6 +153,10 @@ export interface ConnectionCounters {
   failed: number;
   /** PROXY protocol headers sent whole to the target (0 unless `proxyProtocol` is set). */
   proxyHeadersSent: number;
+  /** PROXY protocol headers read from clients (`acceptProxyProtocol`). */
+  proxyHeadersReceived: number;
+  /** Clients reset for a bad, oversized or late PROXY header (`acceptProxyProtocol`). */
+  proxyHeadersRejected: number;
 }
 
 /**

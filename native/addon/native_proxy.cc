@@ -215,6 +215,11 @@ Napi::Value NativeProxy::Add(const Napi::CallbackInfo& info) {
       return env.Undefined();
     }
   }
+  config.accept_proxy_protocol = spec.Get("acceptProxyProtocol").ToBoolean().Value();
+  if (config.accept_proxy_protocol && config.proto != ps::Proto::kTcp) {
+    ThrowTypeError(env, "acceptProxyProtocol applies to TCP mappings only");
+    return env.Undefined();
+  }
   if (ps::parse_address(listen_host.c_str(), static_cast<uint16_t>(listen_port), &config.listen) < 0) {
     SystemError(env, {-EINVAL, "bind"}, listen_host, static_cast<int>(listen_port)).ThrowAsJavaScriptException();
     return env.Undefined();

@@ -47,7 +47,9 @@ class Counter {
   X(dropped_truncated, "droppedTruncated")  /* Larger than the receive buffer. */            \
   X(dropped_other, "droppedOther")          /* Any other send error. */                      \
   /* TCP, proxyProtocol. */                                                                  \
-  X(proxy_headers_sent, "proxyHeadersSent") /* PROXY protocol headers sent whole. */
+  X(proxy_headers_sent, "proxyHeadersSent")         /* PROXY protocol headers sent whole. */ \
+  X(proxy_headers_received, "proxyHeadersReceived") /* Valid headers read from clients. */   \
+  X(proxy_headers_rejected, "proxyHeadersRejected") /* Bad, oversized or too late. */
 
 struct alignas(64) ThreadCounters {
 #define PS_COUNTER_MEMBER(member, name) Counter member;

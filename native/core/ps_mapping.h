@@ -39,6 +39,9 @@ struct MappingConfig {
   uint32_t udp_max_flows = 4096;
   // TCP: a PROXY protocol header sent to the target before any client byte.
   ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
+  // TCP: every client starts with a PROXY header (v1 or v2), read before connecting; its
+  // addresses are the client's for a header sent onwards.
+  bool accept_proxy_protocol = false;
 };
 
 class Mapping {

@@ -26,6 +26,26 @@ constexpr size_t kProxyHeaderMax = 108;
 size_t build_proxy_header(ProxyProtocol version, const sockaddr_storage& source, const sockaddr_storage& destination,
                           char* out);
 
+// Reading a header from the client (`acceptProxyProtocol`). The spec's headers fit in the
+// smallest TCP segment every host must take (576 - 40 bytes, section 2); a v2 header with
+// TLVs past that is refused as oversized rather than buffered.
+constexpr size_t kAcceptedHeaderMax = 536;
+
+// What a received header says. `has_addresses` is false for v1 "UNKNOWN", v2 LOCAL, and v2
+// families this proxy does not forward (AF_UNSPEC, UDP, AF_UNIX): the spec has the receiver
+// use the real connection's endpoints then.
+struct ReceivedHeader {
+  bool has_addresses = false;
+  sockaddr_storage source{};
+  sockaddr_storage destination{};
+};
+
+// Parses the first `n` bytes a client sent. Returns the header's length when they hold a
+// complete valid v1 or v2 header (and fills *out), 0 when they are a valid beginning of one
+// and more bytes are needed, -EINVAL when they are not a PROXY header, or -EMSGSIZE when the
+// header would be longer than kAcceptedHeaderMax (v2) or has no CRLF within 107 bytes (v1).
+int parse_proxy_header(const char* data, size_t n, ReceivedHeader* out);
+
 }  // namespace ps
 
 #endif  // PORTSPLICE_PS_PROXY_PROTOCOL_H_

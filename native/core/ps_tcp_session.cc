@@ -24,6 +24,10 @@ namespace {
 // triggered epoll reports the socket again if it still has data.
 constexpr int kMaxRounds = 4;
 
+// How long a client of an acceptProxyProtocol mapping has to send its whole PROXY header:
+// the spec's "at least 3 seconds to cover a TCP retransmit" (section 2).
+constexpr int64_t kProxyHeaderTimeoutMs = 3000;
+
 // Makes the next close() send RST instead of FIN.
 void set_linger_zero(int fd) {
   if (fd < 0) return;
@@ -241,6 +245,73 @@ TcpSession::TcpSession(Worker* worker, Mapping* mapping, UniqueFd client)
 }
 
 int TcpSession::start() {
+  if (!mapping_->config().accept_proxy_protocol) return connect();
+  // The client's PROXY header comes first; connect once it has been read, within the
+  // header timeout (the connect timers' list: no timer of its own).
+  received_.reset(new (std::nothrow) Received);
+  if (received_ == nullptr) {
+    finish(true);
+    return -ENOMEM;
+  }
+  state_ = State::kAwaitHeader;
+  if (worker_->loop().watch(&client_watcher_, EPOLLIN) < 0) {
+    int error = -errno;
+    finish(true);
+    return error;
+  }
+  connect_deadline_ = worker_->now_ms() + kProxyHeaderTimeoutMs;
+  worker_->track_connect(this);
+  return 0;
+}
+
+// Reads what the client has sent of its header, without ever reading past it: the bytes
+// are peeked, and only the header's own are taken off the socket, so that the client's
+// data after it stays there for the first splice. Peeked bytes of a header still incomplete
+// are all header, and are taken too, so that level-triggered EPOLLIN does not report them
+// again and again.
+void TcpSession::read_client_header() {
+  Received& r = *received_;
+  ssize_t n;
+  do {
+    n = recv(client_.get(), r.data + r.have, sizeof r.data - r.have, MSG_PEEK);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno != EAGAIN) finish(true);
+    return;
+  }
+  if (n == 0) {  // FIN before a complete header.
+    counters_->proxy_headers_rejected.add(1);
+    finish(true);
+    return;
+  }
+  size_t available = r.have + static_cast<size_t>(n);
+  int length = parse_proxy_header(r.data, available, &r.header);
+  if (length < 0 || (length == 0 && available == sizeof r.data)) {
+    counters_->proxy_headers_rejected.add(1);
+    finish(true);  // RST: "abort the connection as soon as possible" (spec 2.1).
+    return;
+  }
+  size_t take = length == 0 ? static_cast<size_t>(n) : static_cast<size_t>(length) - r.have;
+  do {
+    n = recv(client_.get(), r.data + r.have, take, 0);  // Peeked: `take` bytes are there.
+  } while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(take)) {
+    finish(true);
+    return;
+  }
+  r.have += take;
+  if (length == 0) return;
+  counters_->proxy_headers_received.add(1);
+  // Out of the set until the target is connected, as without acceptProxyProtocol: the
+  // data after the header waits in the socket, and level-triggered EPOLLIN would report it
+  // on every wait meanwhile.
+  worker_->loop().forget(&client_watcher_);
+  connecting_link.unlink();
+  state_ = State::kConnecting;
+  connect();
+}
+
+int TcpSession::connect() {
   // The client socket has TCP_NODELAY and keep-alive from the listener (set_tcp_options).
   int rc = connect_target(mapping_->config(), &target_);
   if (rc < 0) {
@@ -264,7 +335,12 @@ int TcpSession::start() {
 
 void TcpSession::on_connect_timeout() {
   // A PROXY header still unsent by then counts as a connect that did not complete.
-  if (state_ == State::kConnecting || state_ == State::kHeader) fail_connect();
+  if (state_ == State::kConnecting || state_ == State::kHeader) {
+    fail_connect();
+  } else if (state_ == State::kAwaitHeader) {
+    counters_->proxy_headers_rejected.add(1);  // No complete header in time.
+    finish(true);
+  }
 }
 
 void TcpSession::fail_connect() {
@@ -282,14 +358,19 @@ void TcpSession::on_connected() {
 bool TcpSession::send_proxy_header() {
   sockaddr_storage peer{}, local{};
   socklen_t peer_length = sizeof peer, local_length = sizeof local;
-  // The client's own address and the one it reached (never the listener's wildcard). A
-  // client that reset while the target was being connected fails with ENOTCONN: nothing
-  // to announce, reset the target too.
-  if (getpeername(client_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) < 0 ||
-      getsockname(client_.get(), reinterpret_cast<sockaddr*>(&local), &local_length) < 0) {
+  if (received_ != nullptr && received_->header.has_addresses) {
+    // Chaining: the addresses the client's own header announced.
+    peer = received_->header.source;
+    local = received_->header.destination;
+  } else if (getpeername(client_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) < 0 ||
+             getsockname(client_.get(), reinterpret_cast<sockaddr*>(&local), &local_length) < 0) {
+    // The client's own address and the one it reached (never the listener's wildcard). A
+    // client that reset while the target was being connected fails with ENOTCONN: nothing
+    // to announce, reset the target too.
     finish(true);
     return false;
   }
+  received_.reset();
   char header[kProxyHeaderMax];
   size_t length = build_proxy_header(mapping_->config().proxy_protocol, peer, local, header);
   // One send() of the whole header, in a segment of its own (TCP_NODELAY, and no client
@@ -350,6 +431,7 @@ bool TcpSession::flush_proxy_header() {
 
 void TcpSession::start_forwarding() {
   state_ = State::kOpen;
+  received_.reset();
   connecting_link.unlink();
   // Level triggered: the loop reports what is already waiting on either socket.
   if (worker_->loop().watch(&client_watcher_, EPOLLIN) < 0 || worker_->loop().watch(&target_watcher_, EPOLLIN) < 0) {
@@ -365,6 +447,10 @@ void TcpSession::start_forwarding() {
 void TcpSession::on_event(Watcher* watcher, uint32_t events) {
   if (state_ == State::kClosed) return;
   activity++;
+  if (state_ == State::kAwaitHeader) {
+    if (watcher->tag == kClient) read_client_header();
+    return;
+  }
   if (state_ == State::kConnecting) {
     if (watcher->tag != kTarget) return;
     // A failed connect() is reported with EPOLLERR (sk_err is set) and EPOLLHUP, a completed

@@ -13,6 +13,7 @@
 #include "ps_list.h"
 #include "ps_loop.h"
 #include "ps_mapping.h"
+#include "ps_proxy_protocol.h"
 #include "ps_store.h"
 
 namespace ps {
@@ -63,7 +64,16 @@ class TcpSession final : public EventHandler {
  private:
   // kHeader: connected, and the PROXY protocol header is not all sent yet (the target's
   // send buffer was full); no client byte moves until it is.
-  enum class State { kConnecting, kHeader, kOpen, kClosed };
+  // kAwaitHeader: reading the client's PROXY header (acceptProxyProtocol), before connecting.
+  enum class State { kAwaitHeader, kConnecting, kHeader, kOpen, kClosed };
+
+  // While kAwaitHeader and until the header onwards is sent: what the client's header said,
+  // and the bytes of it read so far.
+  struct Received {
+    ReceivedHeader header;
+    char data[kAcceptedHeaderMax];
+    size_t have = 0;  // Bytes of the header consumed from the socket.
+  };
   enum Tag : uint8_t { kClient, kTarget };
 
   // Bytes in flight from one socket to the other.
@@ -86,6 +96,8 @@ class TcpSession final : public EventHandler {
   ssize_t write_out(Direction& d, int dst, bool toward_target);
   void update_interest(Watcher* event_watcher, uint32_t events);
   void on_connected();
+  int connect();
+  void read_client_header();
   bool send_proxy_header();
   bool flush_proxy_header();
   void start_forwarding();
@@ -108,6 +120,7 @@ class TcpSession final : public EventHandler {
   std::unique_ptr<char[]> header_;
   uint8_t header_offset_ = 0;
   uint8_t header_length_ = 0;
+  std::unique_ptr<Received> received_;  // Only with acceptProxyProtocol.
 };
 
 }  // namespace ps

@@ -5,7 +5,7 @@
  * Nothing is started until parsing has fully succeeded.
  */
 import { isIP } from 'node:net';
-import { checkKeepAlive, checkProxyProtocol, MAX_UDP_FLOWS } from '../config.js';
+import { checkAcceptProxyProtocol, checkKeepAlive, checkProxyProtocol, MAX_UDP_FLOWS } from '../config.js';
 import type { EngineName, MappingOptions, Proto, ProxyProtocolVersion } from '../types.js';
 
 /** A bad command line or config file: the message says what is wrong (the CLI exits 2). */
@@ -323,6 +323,7 @@ const MAPPING_KEYS = [
   'udpMaxFlows',
   'keepAlive',
   'proxyProtocol',
+  'acceptProxyProtocol',
 ] as const;
 const INT_MAX = 2 ** 31 - 1;
 
@@ -378,9 +379,12 @@ function parseConfigMapping(value: unknown, where: string): MappingOptions {
     }
     mapping.keepAlive = value.keepAlive as MappingOptions['keepAlive'];
   }
-  if (value.proxyProtocol !== undefined) {
+  if (value.proxyProtocol !== undefined || value.acceptProxyProtocol !== undefined) {
     try {
-      mapping.proxyProtocol = checkProxyProtocol(value.proxyProtocol, proto);
+      if (value.proxyProtocol !== undefined)
+        mapping.proxyProtocol = checkProxyProtocol(value.proxyProtocol, proto);
+      if (value.acceptProxyProtocol !== undefined)
+        mapping.acceptProxyProtocol = checkAcceptProxyProtocol(value.acceptProxyProtocol, proto);
     } catch (error) {
       throw new UsageError(`${where}.${(error as Error).message}`);
     }

@@ -70,6 +70,20 @@ const METRICS: MetricDef[] = [
     samples: (m) => [[{}, tcp(m).connections.proxyHeadersSent]],
   },
   {
+    name: 'portsplice_proxy_headers_received_total',
+    help: 'PROXY protocol headers read from clients (mappings with acceptProxyProtocol).',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).connections.proxyHeadersReceived]],
+  },
+  {
+    name: 'portsplice_proxy_headers_rejected_total',
+    help: 'Clients reset for a bad, oversized or late PROXY protocol header.',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).connections.proxyHeadersRejected]],
+  },
+  {
     name: 'portsplice_bytes_total',
     help: 'Payload bytes forwarded, by direction (to_target, to_client).',
     type: 'counter',
