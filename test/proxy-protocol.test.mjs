@@ -475,3 +475,220 @@ test('the command: --proxy-protocol sets it on -p TCP mappings, refuses UDP ones
   ]);
   assert.throws(() => parseArgs(['-c', 'x.json'], () => udp), /\[0\]\.proxyProtocol applies to TCP/);
 });
+
+// ---------------------------------------------------------------------------------------------
+// acceptProxyProtocol: a PROXY header read from the client, and sent onwards (chaining).
+// ---------------------------------------------------------------------------------------------
+
+/** Connects, writes `chunks` (a pause between them), then FIN; resolves what came back, or the error. */
+async function sendRaw(port, chunks, { gapMs = 0, host = V4 } = {}) {
+  const socket = net.connect({ port, host, allowHalfOpen: true });
+  const outcome = new Promise((resolve) => {
+    const data = [];
+    socket.on('data', (c) => data.push(c));
+    socket.on('end', () => resolve({ data: Buffer.concat(data).toString('latin1') }));
+    socket.on('error', (error) => resolve({ error: error.code }));
+    socket.on('close', () => resolve({ closed: true }));
+  });
+  await withTimeout(
+    new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject)),
+    5000,
+    'connect',
+  );
+  const ends = { address: socket.localAddress, port: socket.localPort };
+  for (const chunk of chunks) {
+    if (socket.destroyed) break;
+    socket.write(chunk);
+    if (gapMs) await new Promise((r) => setTimeout(r, gapMs));
+  }
+  if (!socket.destroyed) socket.end();
+  const result = await withTimeout(outcome, 10000, 'outcome');
+  socket.destroy();
+  return { ...result, ends };
+}
+
+function v2Local() {
+  return Buffer.concat([V2_SIGNATURE, Buffer.from([0x20, 0x00, 0x00, 0x00])]);
+}
+
+/** v2 with a NOOP TLV after the addresses (a receiver skips TLVs by the length). */
+function v2WithTlv(family, src, dst, sp, dp) {
+  const h = v2Header(family, src, dst, sp, dp);
+  const tlv = Buffer.from([0x04, 0x00, 0x03, 1, 2, 3]);
+  const out = Buffer.concat([h, tlv]);
+  out.writeUInt16BE(h.length - 16 + tlv.length, 14);
+  return out;
+}
+
+for (const engine of ENGINES) {
+  describe(`acceptProxyProtocol (${engine})`, () => {
+    test('the client header is read, not forwarded, and its addresses go onwards (v1 in, v2 out and v2 in, v1 out)', async (t) => {
+      const target = await startRawTarget();
+      t.after(() => closeServers(target));
+      const proxy = await withProxy(t, engine);
+      const v2out = await addMapping(proxy, target.port, { acceptProxyProtocol: true, proxyProtocol: 'v2' });
+      const payload = randomPayload(100_000);
+      const r1 = await sendRaw(v2out.listen.port, [
+        Buffer.concat([Buffer.from('PROXY TCP4 198.51.100.7 203.0.113.9 40000 443\r\n'), payload]),
+      ]);
+      assert.equal(r1.data, 'ok');
+      const expected1 = v2Header(4, '198.51.100.7', '203.0.113.9', 40000, 443);
+      assert.deepEqual(target.received[0].subarray(0, expected1.length), expected1);
+      assert.ok(target.received[0].subarray(expected1.length).equals(payload), 'payload byte for byte');
+
+      const v1out = await addMapping(proxy, target.port, { acceptProxyProtocol: true, proxyProtocol: 'v1' });
+      const r2 = await sendRaw(v1out.listen.port, [
+        Buffer.concat([v2WithTlv(6, '2001:db8::7', '2001:db8:0:1::9', 1, 65535), Buffer.from('data')]),
+      ]);
+      assert.equal(r2.data, 'ok');
+      assert.equal(
+        target.received[1].toString('latin1'),
+        'PROXY TCP6 2001:db8::7 2001:db8:0:1::9 1 65535\r\ndata',
+      );
+
+      for (const m of [v2out, v1out]) {
+        const st = await waitIdle(proxy, m);
+        assert.equal(st.connections.proxyHeadersReceived, 1, show(st.connections));
+        assert.equal(st.connections.proxyHeadersSent, 1);
+        assert.equal(st.connections.proxyHeadersRejected, 0);
+      }
+    });
+
+    test('without proxyProtocol the header is only stripped; a header sent a few bytes at a time is waited for', async (t) => {
+      const target = await startRawTarget();
+      t.after(() => closeServers(target));
+      const proxy = await withProxy(t, engine);
+      const m = await addMapping(proxy, target.port, { acceptProxyProtocol: true });
+      const line = 'PROXY TCP6 2001:db8::1 2001:db8::2 1234 80\r\n';
+      const chunks = [line.slice(0, 3), line.slice(3, 20), line.slice(20, -1), line.slice(-1) + 'after'];
+      const r = await sendRaw(m.listen.port, chunks, { gapMs: 30 });
+      assert.equal(r.data, 'ok');
+      assert.equal(target.received[0].toString('latin1'), 'after');
+    });
+
+    test('v2 LOCAL and v1 UNKNOWN: the real endpoints go onwards', async (t) => {
+      const target = await startRawTarget();
+      t.after(() => closeServers(target));
+      const proxy = await withProxy(t, engine);
+      const m = await addMapping(proxy, target.port, { acceptProxyProtocol: true, proxyProtocol: 'v1' });
+      const a = await sendRaw(m.listen.port, [Buffer.concat([v2Local(), Buffer.from('L')])]);
+      assert.equal(
+        target.received[0].toString('latin1'),
+        `PROXY TCP4 127.0.0.1 127.0.0.1 ${a.ends.port} ${m.listen.port}\r\nL`,
+      );
+      const b = await sendRaw(m.listen.port, ['PROXY UNKNOWN ffff::1 ffff::2 1 2\r\nU']);
+      assert.equal(
+        target.received[1].toString('latin1'),
+        `PROXY TCP4 127.0.0.1 127.0.0.1 ${b.ends.port} ${m.listen.port}\r\nU`,
+      );
+    });
+
+    const BAD = [
+      ['not a PROXY header', ['GET / HTTP/1.1\r\nHost: x\r\n\r\n']],
+      ['v1 with a lone LF', ['PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n']],
+      ['v1 with a leading zero', ['PROXY TCP4 01.2.3.4 5.6.7.8 1 2\r\n']],
+      ['v1 with two spaces', ['PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n']],
+      ['v1 port out of range', ['PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n']],
+      ['v1 IPv6 address under TCP4', ['PROXY TCP4 ::1 ::1 1 2\r\n']],
+      ['v1 without CRLF in 107 bytes', [`PROXY TCP6 ${'a'.repeat(120)}`]],
+      ['v2 version 1', [Buffer.concat([V2_SIGNATURE, Buffer.from([0x11, 0x11, 0, 12]), Buffer.alloc(12)])]],
+      ['v2 command 2', [Buffer.concat([V2_SIGNATURE, Buffer.from([0x22, 0x11, 0, 12]), Buffer.alloc(12)])]],
+      ['v2 family 0x41', [Buffer.concat([V2_SIGNATURE, Buffer.from([0x21, 0x41, 0, 12]), Buffer.alloc(12)])]],
+      [
+        'v2 TCP4 with 8 address bytes',
+        [Buffer.concat([V2_SIGNATURE, Buffer.from([0x21, 0x11, 0, 8]), Buffer.alloc(8)])],
+      ],
+      [
+        'v2 longer than 536 bytes',
+        [Buffer.concat([V2_SIGNATURE, Buffer.from([0x21, 0x11, 0x02, 0x09]), Buffer.alloc(600)])],
+      ],
+      ['FIN before the header is complete', ['PROXY TCP4 1.2.3.4']],
+    ];
+    test('bad, oversized and truncated headers: the client is reset, counted, and the target never connected', async (t) => {
+      const target = await startRawTarget();
+      t.after(() => closeServers(target));
+      const proxy = await withProxy(t, engine);
+      const m = await addMapping(proxy, target.port, { acceptProxyProtocol: true, proxyProtocol: 'v2' });
+      for (const [what, chunks] of BAD) {
+        const r = await sendRaw(m.listen.port, chunks);
+        assert.ok(r.error === 'ECONNRESET' || r.closed, `${what}: ${show(r)}`);
+        assert.equal(r.data, undefined, `${what}: nothing answered`);
+      }
+      const st = await waitIdle(proxy, m);
+      assert.equal(st.connections.proxyHeadersRejected, BAD.length, show(st.connections));
+      assert.equal(st.connections.proxyHeadersReceived, 0);
+      assert.equal(st.connections.proxyHeadersSent, 0);
+      assert.equal(st.connections.failed, 0);
+      assert.equal(target.connectionCount, 0, 'the target was never connected');
+    });
+
+    test('a header that never completes is reset after 3 s, while other clients are served', async (t) => {
+      const target = await startRawTarget();
+      t.after(() => closeServers(target));
+      const proxy = await withProxy(t, engine);
+      const m = await addMapping(proxy, target.port, { acceptProxyProtocol: true });
+      const slow = net.connect({ port: m.listen.port, host: V4 });
+      const start = Date.now();
+      const gone = new Promise((resolve) => {
+        slow.on('error', (e) => resolve(e.code));
+        slow.on('close', () => resolve('close'));
+      });
+      slow.write('PROXY TCP4 1.2.3.4');
+      // Meanwhile the same thread serves others at once.
+      for (let i = 0; i < 5; i++) {
+        const r = await sendRaw(m.listen.port, [`PROXY TCP4 10.0.0.${i} 10.0.0.254 ${1000 + i} 80\r\nq`]);
+        assert.equal(r.data, 'ok');
+      }
+      assert.ok(Date.now() - start < 2500, 'the others were not held up');
+      const how = await withTimeout(gone, 6000, 'reset of the slow client');
+      const ms = Date.now() - start;
+      assert.ok(how === 'ECONNRESET' || how === 'close', how);
+      assert.ok(ms >= 2900 && ms < 5500, `reset after ${ms} ms`);
+      const st = await waitIdle(proxy, m);
+      assert.equal(st.connections.proxyHeadersRejected, 1);
+      assert.equal(st.connections.proxyHeadersReceived, 5);
+    });
+
+    test(
+      'behind HAProxy send-proxy-v2: the address HAProxy saw reaches the target',
+      { skip: haproxy ? false : 'haproxy is not installed (apt-get install haproxy)' },
+      async (t) => {
+        const target = await startRawTarget();
+        t.after(() => closeServers(target));
+        const proxy = await withProxy(t, engine);
+        const m = await addMapping(proxy, target.port, { acceptProxyProtocol: true, proxyProtocol: 'v1' });
+        const dir = mkdtempSync(path.join(os.tmpdir(), 'psp-haproxy-'));
+        t.after(() => rmSync(dir, { recursive: true, force: true }));
+        const port = await freePort();
+        const file = path.join(dir, 'haproxy.cfg');
+        writeFileSync(
+          file,
+          [
+            'defaults',
+            '  mode tcp',
+            '  timeout connect 5s',
+            '  timeout client 10s',
+            '  timeout server 10s',
+            'listen lb',
+            `  bind ${V4}:${port}`,
+            `  server portsplice ${V4}:${m.listen.port} send-proxy-v2`,
+            '',
+          ].join('\n'),
+        );
+        await runDaemon(t, [haproxy, '-db', '-q', '-f', file], [{ host: V4, port }]);
+        const r = await sendRaw(port, ['through haproxy'], {});
+        assert.equal(r.data, 'ok');
+        // runDaemon's readiness probes went through HAProxy too (as connections that carry
+        // no data, in any order): look for ours.
+        const ours = await waitFor(
+          () => target.received.find((b) => b.toString('latin1').endsWith('through haproxy')),
+          { what: 'the target got the connection' },
+        );
+        assert.equal(
+          ours.toString('latin1'),
+          `PROXY TCP4 127.0.0.1 127.0.0.1 ${r.ends.port} ${port}\r\nthrough haproxy`,
+        );
+      },
+    );
+  });
+}
