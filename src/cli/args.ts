@@ -80,7 +80,8 @@ Options:
   --engine splice|stream Data path (default: splice on Linux).
   --proxy-protocol v1|v2 Send a PROXY protocol header (client and listener addresses) to the
                          target of every -p mapping, which must be TCP; a config file's
-                         mappings set "proxyProtocol" themselves.
+                         mappings set "proxyProtocol" (and "acceptProxyProtocol": true, to
+                         read one from the clients first) themselves.
   --threads auto|N       Native event-loop threads for the splice engine: auto (the default:
                          one while idle, more under load, up to the CPUs this process may
                          use) or exactly N (1-${MAX_THREADS}).
