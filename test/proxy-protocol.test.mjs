@@ -111,7 +111,7 @@ async function withProxy(t, engine) {
 }
 
 for (const engine of ENGINES) {
-  describe(`PROXY protocol toward the target (${engine})`, () => {
+  describe(`PROXY protocol toward the target [${engine}]`, () => {
     for (const version of ['v1', 'v2']) {
       test(`${version}: the exact header, then the payload byte for byte (IPv4, wildcard listener)`, async (t) => {
         const target = await startRawTarget();
@@ -386,7 +386,7 @@ const haproxy = which('haproxy');
 const nginx = which('nginx');
 
 for (const engine of ENGINES) {
-  describe(`PROXY protocol consumers (${engine})`, () => {
+  describe(`PROXY protocol consumers [${engine}]`, () => {
     test(
       'HAProxy with accept-proxy sees the client and the address it reached (v1, v2)',
       { skip: haproxy ? false : 'haproxy is not installed (apt-get install haproxy)' },
@@ -521,7 +521,7 @@ function v2WithTlv(family, src, dst, sp, dp) {
 }
 
 for (const engine of ENGINES) {
-  describe(`acceptProxyProtocol (${engine})`, () => {
+  describe(`acceptProxyProtocol [${engine}]`, () => {
     test('the client header is read, not forwarded, and its addresses go onwards (v1 in, v2 out and v2 in, v1 out)', async (t) => {
       const target = await startRawTarget();
       t.after(() => closeServers(target));

@@ -254,13 +254,16 @@ int TcpSession::start() {
     return -ENOMEM;
   }
   state_ = State::kAwaitHeader;
-  if (worker_->loop().watch(&client_watcher_, EPOLLIN) < 0) {
+  connect_deadline_ = worker_->now_ms() + kProxyHeaderTimeoutMs;
+  worker_->track_connect(this);
+  // A client sends its header right after its handshake, so it is most often queued by the
+  // time accept() returns: read it now, and wait in the loop only for the rest.
+  read_client_header();
+  if (state_ == State::kAwaitHeader && worker_->loop().watch(&client_watcher_, EPOLLIN) < 0) {
     int error = -errno;
     finish(true);
     return error;
   }
-  connect_deadline_ = worker_->now_ms() + kProxyHeaderTimeoutMs;
-  worker_->track_connect(this);
   return 0;
 }
 
