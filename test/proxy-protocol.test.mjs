@@ -282,7 +282,10 @@ function which(name) {
  * `logFile`, when given, is shown if it never comes up.
  */
 async function runDaemon(t, argv, ports, logFile) {
-  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+  // Not the sanitizer runtime that scripts/sanitize.sh preloads into node: it is for the addon.
+  const env = { ...process.env };
+  delete env.LD_PRELOAD;
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env });
   let stderr = '';
   child.stderr.on('data', (c) => (stderr += c));
   let exited = false;
