@@ -338,7 +338,7 @@ int TcpSession::connect() {
 
 void TcpSession::on_connect_timeout() {
   // A PROXY header still unsent by then counts as a connect that did not complete.
-  if (state_ == State::kConnecting || state_ == State::kHeader) {
+  if (state_ == State::kConnecting || state_ == State::kSendingHeader) {
     fail_connect();
   } else if (state_ == State::kAwaitHeader) {
     counters_->proxy_headers_rejected.add(1);  // No complete header in time.
@@ -357,7 +357,7 @@ void TcpSession::on_connected() {
 }
 
 // Sends the PROXY header on the fresh socket, before the first splice. Returns true when it
-// is all sent; false when the session has closed or waits in kHeader for EPOLLOUT.
+// is all sent; false when the session has closed or waits in kSendingHeader for EPOLLOUT.
 bool TcpSession::send_proxy_header() {
   sockaddr_storage peer{}, local{};
   socklen_t peer_length = sizeof peer, local_length = sizeof local;
@@ -401,7 +401,7 @@ bool TcpSession::send_proxy_header() {
   memcpy(header_.get(), header + sent, length - sent);
   header_offset_ = 0;
   header_length_ = static_cast<uint8_t>(length - sent);
-  state_ = State::kHeader;
+  state_ = State::kSendingHeader;
   if (worker_->loop().watch(&target_watcher_, EPOLLOUT) < 0) {
     finish(true);
     return false;
@@ -415,7 +415,7 @@ bool TcpSession::send_proxy_header() {
   return false;
 }
 
-// In kHeader, on EPOLLOUT: sends more of the header. True once it is all sent.
+// In kSendingHeader, on EPOLLOUT: sends more of the header. True once it is all sent.
 bool TcpSession::flush_proxy_header() {
   ssize_t n;
   do {
@@ -465,7 +465,7 @@ void TcpSession::on_event(Watcher* watcher, uint32_t events) {
     }
     return;
   }
-  if (state_ == State::kHeader) {
+  if (state_ == State::kSendingHeader) {
     if (watcher->tag != kTarget) return;
     if (events & (EPOLLERR | EPOLLHUP)) {
       finish(true);

@@ -62,10 +62,10 @@ class TcpSession final : public EventHandler {
   ListLink<TcpSession> connecting_link{this};  // In the worker's list of pending connects.
 
  private:
-  // kHeader: connected, and the PROXY protocol header is not all sent yet (the target's
+  // kSendingHeader: connected, and the PROXY protocol header is not all sent yet (the target's
   // send buffer was full); no client byte moves until it is.
   // kAwaitHeader: reading the client's PROXY header (acceptProxyProtocol), before connecting.
-  enum class State { kAwaitHeader, kConnecting, kHeader, kOpen, kClosed };
+  enum class State { kAwaitHeader, kConnecting, kSendingHeader, kOpen, kClosed };
 
   // While kAwaitHeader and until the header onwards is sent: what the client's header said,
   // and the bytes of it read so far.
@@ -116,7 +116,7 @@ class TcpSession final : public EventHandler {
   State state_ = State::kConnecting;
   bool no_splice_ = false;  // splice(2) said EINVAL: this connection copies.
   int64_t connect_deadline_ = 0;
-  // The unsent rest of the PROXY protocol header, only while state_ is kHeader.
+  // The unsent rest of the PROXY protocol header, only while state_ is kSendingHeader.
   std::unique_ptr<char[]> header_;
   uint8_t header_offset_ = 0;
   uint8_t header_length_ = 0;
