@@ -16,13 +16,11 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
     return {
       ...common,
       proto: 'tcp',
-      connections: {
-        accepted: c.accepted,
-        active: c.active,
-        failed: c.failed,
-        proxyHeadersSent: c.proxyHeadersSent,
-        proxyHeadersReceived: c.proxyHeadersReceived,
-        proxyHeadersRejected: c.proxyHeadersRejected,
+      connections: { accepted: c.accepted, active: c.active, failed: c.failed },
+      proxyHeaders: {
+        sent: c.proxyHeadersSent,
+        received: c.proxyHeadersReceived,
+        rejected: c.proxyHeadersRejected,
       },
       bytes,
     };

@@ -93,7 +93,7 @@ export interface MappingOptions {
    * before the target is connected; its addresses then are the client's, for the header
    * that `proxyProtocol` sends onwards. A header that is malformed, longer than 536 bytes,
    * or not complete within 3 s gets the client reset and is counted in
-   * `connections.proxyHeadersRejected`. Default false. Only enable it on a listener that
+   * `proxyHeaders.rejected`. Default false. Only enable it on a listener that
    * nothing but the load balancer can reach: the header's addresses are taken on trust.
    */
   acceptProxyProtocol?: boolean;
@@ -151,12 +151,16 @@ export interface ConnectionCounters {
   active: number;
   /** Connections whose target could not be reached (refused, unreachable, timed out). */
   failed: number;
-  /** PROXY protocol headers sent whole to the target (0 unless `proxyProtocol` is set). */
-  proxyHeadersSent: number;
-  /** PROXY protocol headers read from clients (`acceptProxyProtocol`). */
-  proxyHeadersReceived: number;
-  /** Clients reset for a bad, oversized or late PROXY header (`acceptProxyProtocol`). */
-  proxyHeadersRejected: number;
+}
+
+/** PROXY protocol headers of a TCP mapping (all 0 unless it has the options). */
+export interface ProxyHeaderCounters {
+  /** Headers sent whole to the target (`proxyProtocol`). */
+  sent: number;
+  /** Headers read from clients (`acceptProxyProtocol`). */
+  received: number;
+  /** Clients reset for a bad, oversized or late header (`acceptProxyProtocol`). */
+  rejected: number;
 }
 
 /**
@@ -181,6 +185,7 @@ export interface TcpMappingStats {
   listen: Endpoint;
   target: Endpoint;
   connections: ConnectionCounters;
+  proxyHeaders: ProxyHeaderCounters;
   bytes: ByteCounters;
 }
 
