@@ -106,7 +106,7 @@ console.log(
         ? { off: +median(cpu.off).toFixed(2), on: +median(cpu.on).toFixed(2) }
         : undefined,
     slices: { off: rates.off.map(Math.round), on: rates.on.map(Math.round) },
-    headersSent: stats.find((m) => m.id === on.id).connections.proxyHeadersSent,
+    headersSent: stats.find((m) => m.id === on.id).proxyHeaders.sent,
     failed: stats.map((m) => m.connections.failed),
   }),
 );
