@@ -8,6 +8,7 @@
       "native/core/ps_error.cc",
       "native/core/ps_loop.cc",
       "native/core/ps_mapping.cc",
+      "native/core/ps_proxy_protocol.cc",
       "native/core/ps_store.cc",
       "native/core/ps_tcp_session.cc",
       "native/core/ps_udp.cc",

@@ -20,6 +20,10 @@ export interface NativeMappingSpec {
   udpMaxFlows: number;
   /** Times in whole seconds' worth of milliseconds, as validated by config.ts. */
   keepAlive: { idleMs: number; intervalMs: number; count: number } | false;
+  /** TCP only; undefined: off. */
+  proxyProtocol: 'v1' | 'v2' | undefined;
+  /** TCP only. */
+  acceptProxyProtocol: boolean;
 }
 
 /** One native proxy: an engine with its own epoll threads. */

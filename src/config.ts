@@ -7,7 +7,7 @@
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import type { EngineName, KeepAliveOptions, Proto } from './types.js';
+import type { EngineName, KeepAliveOptions, Proto, ProxyProtocolVersion } from './types.js';
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
 export const DEFAULT_BACKLOG = 4096;
@@ -29,6 +29,7 @@ export const MAX_KEEP_ALIVE_COUNT = 127;
 
 const ENGINES: readonly EngineName[] = ['splice', 'stream'];
 const PROTOS: readonly Proto[] = ['tcp', 'udp'];
+const PROXY_PROTOCOLS: readonly ProxyProtocolVersion[] = ['v1', 'v2'];
 
 /** Options after validation, with every default filled in and every host an address literal. */
 export interface ResolvedMapping {
@@ -43,6 +44,10 @@ export interface ResolvedMapping {
   /** TCP keep-alive on both sockets of each connection, or false (always false for UDP). */
   keepAlive: Required<KeepAliveOptions> | false;
   name?: string;
+  /** The PROXY protocol header sent to the target, or undefined (off; always for UDP). */
+  proxyProtocol: ProxyProtocolVersion | undefined;
+  /** Whether every client must start with a PROXY header (always false for UDP). */
+  acceptProxyProtocol: boolean;
 }
 
 export interface ResolvedProxyOptions {
@@ -133,6 +138,41 @@ function checkSeconds(value: unknown, field: string): number {
   return ms;
 }
 
+/**
+ * Validates a mapping's `proxyProtocol` (also used by the command for its config files).
+ * UDP is refused: v2 defines a header per datagram, but neither nginx nor HAProxy accepts it
+ * on UDP, replies would carry none, and it would push a 65,507-byte datagram over the limit.
+ */
+export function checkProxyProtocol(value: unknown, proto: Proto): ProxyProtocolVersion | undefined {
+  if (value === undefined) return undefined;
+  const version = checkChoice(value, 'proxyProtocol', PROXY_PROTOCOLS);
+  if (proto === 'udp') {
+    fail(
+      TypeError,
+      'ERR_INVALID_ARG_VALUE',
+      "proxyProtocol applies to TCP mappings only, not to proto 'udp' (the PROXY protocol over " +
+        'datagrams has no receiver among nginx and HAProxy, and replies would carry no header)',
+    );
+  }
+  return version;
+}
+
+/** Validates a mapping's `acceptProxyProtocol` (also used by the command for its config files). */
+export function checkAcceptProxyProtocol(value: unknown, proto: Proto): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== 'boolean') {
+    fail(TypeError, 'ERR_INVALID_ARG_TYPE', `acceptProxyProtocol must be a boolean, got ${describe(value)}`);
+  }
+  if (value && proto === 'udp') {
+    fail(
+      TypeError,
+      'ERR_INVALID_ARG_VALUE',
+      "acceptProxyProtocol applies to TCP mappings only, not to proto 'udp'",
+    );
+  }
+  return value;
+}
+
 /** Validates a mapping's `keepAlive` (also used by the command for its config files). */
 export function checkKeepAlive(value: unknown, proto: Proto): Required<KeepAliveOptions> | false {
   if (proto === 'udp') {
@@ -218,6 +258,8 @@ export function validateMapping(options: unknown): ResolvedMapping {
     'udpMaxFlows',
     'keepAlive',
     'name',
+    'proxyProtocol',
+    'acceptProxyProtocol',
   ]);
   const proto = checkChoice(o.proto, 'proto', PROTOS);
   if (o.listen === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'listen is required');
@@ -256,6 +298,8 @@ export function validateMapping(options: unknown): ResolvedMapping {
         : checkInteger(o.udpMaxFlows, 'udpMaxFlows', 1, MAX_UDP_FLOWS),
     keepAlive: checkKeepAlive(o.keepAlive, proto),
     ...(o.name !== undefined && { name: checkName(o.name, 'name') }),
+    proxyProtocol: checkProxyProtocol(o.proxyProtocol, proto),
+    acceptProxyProtocol: checkAcceptProxyProtocol(o.acceptProxyProtocol, proto),
   };
 }
 

@@ -27,6 +27,9 @@ export const COUNTERS = [
   ['droppedOther', 'count', 'udp'],
   ['pipes', 'count', 'tcp'],
   ['pipeFallbacks', 'count', 'tcp'],
+  ['proxyHeadersSent', 'count', 'tcp'],
+  ['proxyHeadersReceived', 'count', 'tcp'],
+  ['proxyHeadersRejected', 'count', 'tcp'],
 ] as const;
 
 type CounterDef = (typeof COUNTERS)[number];

@@ -94,6 +94,8 @@ export class SpliceEngine implements Engine {
         udpTimeoutMs: spec.udpTimeoutMs,
         udpMaxFlows: spec.udpMaxFlows,
         keepAlive: spec.keepAlive,
+        proxyProtocol: spec.proxyProtocol,
+        acceptProxyProtocol: spec.acceptProxyProtocol,
       });
       context.port = result.port;
     });

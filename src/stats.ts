@@ -18,6 +18,11 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
       ...common,
       proto: 'tcp',
       connections: { accepted: c.accepted, active: c.active, failed: c.failed },
+      proxyHeaders: {
+        sent: c.proxyHeadersSent,
+        received: c.proxyHeadersReceived,
+        rejected: c.proxyHeadersRejected,
+      },
       bytes,
       pipes: { inUse: c.pipes, fallbacks: c.pipeFallbacks },
     };

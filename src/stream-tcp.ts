@@ -5,6 +5,13 @@
 import net from 'node:net';
 import type { RawCounters } from './counters.js';
 import type { ResolvedMapping } from './config.js';
+import {
+  ACCEPTED_HEADER_MAX,
+  type ConnectionEnd,
+  parseProxyHeader,
+  PROXY_HEADER_TIMEOUT_MS,
+  proxyHeader,
+} from './proxy-protocol.js';
 import type { StreamMapping } from './stream-mapping.js';
 
 /**
@@ -34,7 +41,11 @@ export class StreamTcpMapping implements StreamMapping {
       keepAlive: spec.keepAlive !== false,
       keepAliveInitialDelay: spec.keepAlive === false ? 0 : spec.keepAlive.idleMs,
     });
-    this.#server.on('connection', (client) => this.#forward(client));
+    this.#server.on('connection', (client) => {
+      this.counters.accepted++;
+      if (spec.acceptProxyProtocol) this.#readHeader(client);
+      else this.#forward(client);
+    });
   }
 
   listen(): Promise<number> {
@@ -70,9 +81,68 @@ export class StreamTcpMapping implements StreamMapping {
     }
   }
 
-  #forward(client: net.Socket): void {
+  /**
+   * acceptProxyProtocol: reads the client's PROXY header (and nothing after it: the rest of
+   * the chunk is put back), then forwards with its addresses. A bad, oversized or late
+   * header resets the client.
+   */
+  #readHeader(client: net.Socket): void {
     const counters = this.counters;
-    counters.accepted++;
+    counters.active++;
+    this.#sockets.add(client);
+    if (!this.#ref) client.unref();
+    let received = Buffer.alloc(0);
+    let done = false;
+    let handedOver = false;
+    const reject = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      counters.proxyHeadersRejected++;
+      reset(client);
+    };
+    const timer = setTimeout(reject, PROXY_HEADER_TIMEOUT_MS);
+    timer.unref();
+    const onData = (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      const header = parseProxyHeader(received.subarray(0, ACCEPTED_HEADER_MAX));
+      if (header === 0 && received.length < ACCEPTED_HEADER_MAX) return;
+      if (header === 0 || header === 'invalid' || header === 'oversized') {
+        reject();
+        return;
+      }
+      done = true;
+      handedOver = true;
+      clearTimeout(timer);
+      client.off('data', onData);
+      client.off('end', reject);
+      client.pause();
+      if (received.length > header.length) client.unshift(received.subarray(header.length));
+      counters.proxyHeadersReceived++;
+      this.#sockets.delete(client);
+      counters.active--; // #forward counts it again, with its target.
+      const ends =
+        header.source && header.destination
+          ? { source: header.source, destination: header.destination }
+          : undefined;
+      this.#forward(client, ends);
+    };
+    client.on('data', onData);
+    client.on('end', reject); // FIN before a complete header.
+    client.on('error', () => {
+      done = true;
+      clearTimeout(timer);
+    });
+    client.on('close', () => {
+      if (handedOver) return; // #forward's own accounting from then on.
+      clearTimeout(timer);
+      this.#sockets.delete(client);
+      counters.active--;
+    });
+  }
+
+  #forward(client: net.Socket, announced?: { source: ConnectionEnd; destination: ConnectionEnd }): void {
+    const counters = this.counters;
     counters.active++;
     const target = net.connect({
       host: this.#spec.target.host,
@@ -105,6 +175,27 @@ export class StreamTcpMapping implements StreamMapping {
     target.on('connect', () => {
       connected = true;
       clearTimeout(timer);
+      const version = this.#spec.proxyProtocol;
+      if (version !== undefined) {
+        // A client that reset while the target was being connected has no address left.
+        if (!announced && (client.remoteAddress === undefined || client.localAddress === undefined)) {
+          reset(target);
+          return;
+        }
+        // One write before any client byte (the client is paused until now): libuv sends it
+        // at once with one send() on the fresh socket, and queues a short write's rest
+        // ahead of everything written after it. Chaining: the addresses the client's own
+        // header announced.
+        const header = announced
+          ? proxyHeader(version, announced.source, announced.destination)
+          : proxyHeader(
+              version,
+              { address: client.remoteAddress!, port: client.remotePort ?? 0 },
+              { address: client.localAddress!, port: client.localPort ?? 0 },
+            );
+        target.write(header);
+        counters.proxyHeadersSent++;
+      }
       client.resume();
     });
 

@@ -81,7 +81,32 @@ export interface MappingOptions {
    * digits and `_ . : / -`.
    */
   name?: string;
+  /**
+   * TCP: send a PROXY protocol header (HAProxy's spec) to the target before any client byte,
+   * so that a target that accepts it (nginx `proxy_protocol`, HAProxy `accept-proxy`,
+   * Envoy, Traefik, PostgreSQL poolers...) sees the client's address and port and the
+   * address and port the client connected to, instead of the proxy's. `'v1'` is the text
+   * line (`PROXY TCP4 203.0.113.7 192.0.2.1 51234 8080\r\n`), `'v2'` the binary header
+   * (no TLVs). An IPv4 client of a dual-stack `[::]` listener is announced as IPv4. Off by
+   * default: only enable it toward a target configured to expect the header, which it
+   * would otherwise read as the start of the client's data. Rejected on UDP mappings.
+   */
+  proxyProtocol?: ProxyProtocolVersion;
+  /**
+   * TCP: every client must start its connection with a PROXY protocol header (v1 or v2,
+   * told apart by their signatures), as behind a load balancer that sends one (HAProxy
+   * `send-proxy`, AWS NLB, nginx `proxy_protocol on`). The header is read and checked
+   * before the target is connected; its addresses then are the client's, for the header
+   * that `proxyProtocol` sends onwards. A header that is malformed, longer than 536 bytes,
+   * or not complete within 3 s gets the client reset and is counted in
+   * `proxyHeaders.rejected`. Default false. Only enable it on a listener that
+   * nothing but the load balancer can reach: the header's addresses are taken on trust.
+   */
+  acceptProxyProtocol?: boolean;
 }
+
+/** The PROXY protocol versions: 1 (text) and 2 (binary). */
+export type ProxyProtocolVersion = 'v1' | 'v2';
 
 /**
  * TCP keep-alive: after `idleMs` without a segment from the peer the kernel sends a probe
@@ -136,6 +161,16 @@ export interface ConnectionCounters {
   failed: number;
 }
 
+/** PROXY protocol headers of a TCP mapping (all 0 unless it has the options). */
+export interface ProxyHeaderCounters {
+  /** Headers sent whole to the target (`proxyProtocol`). */
+  sent: number;
+  /** Headers read from clients (`acceptProxyProtocol`). */
+  received: number;
+  /** Clients reset for a bad, oversized or late header (`acceptProxyProtocol`). */
+  rejected: number;
+}
+
 /**
  * Byte counters. They are bigints because a long-lived mapping can move more than
  * 2^53 bytes. `spliced + copied === toTarget + toClient` at every snapshot boundary where no
@@ -160,6 +195,7 @@ export interface TcpMappingStats {
   listen: Endpoint;
   target: Endpoint;
   connections: ConnectionCounters;
+  proxyHeaders: ProxyHeaderCounters;
   bytes: ByteCounters;
   /** Splice engine: its pipes (always 0 for the stream engine, which has none). */
   pipes: PipeCounters;

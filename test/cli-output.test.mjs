@@ -36,6 +36,7 @@ function tcpStats(
     listen: { host: '127.0.0.1', port },
     target: { host: '10.0.0.2', port: 80 },
     connections: { accepted, active, failed },
+    proxyHeaders: { sent: 0, received: 0, rejected: 0 },
     bytes: { toTarget, toClient, spliced: toTarget + toClient, copied: 0n },
     pipes: { inUse: 0, fallbacks: 0 },
   };

@@ -209,6 +209,28 @@ Napi::Value NativeProxy::Add(const Napi::CallbackInfo& info) {
     config.keep_alive.interval_s = static_cast<int>(interval_ms / 1000);
     config.keep_alive.count = static_cast<int>(count);
   }
+  // proxyProtocol: undefined (off), 'v1' or 'v2'; JavaScript refuses it on UDP.
+  Napi::Value proxy_protocol = spec.Get("proxyProtocol");
+  if (!proxy_protocol.IsUndefined()) {
+    std::string version = proxy_protocol.ToString().Utf8Value();
+    if (version == "v1") {
+      config.proxy_protocol = ps::ProxyProtocol::kV1;
+    } else if (version == "v2") {
+      config.proxy_protocol = ps::ProxyProtocol::kV2;
+    } else {
+      ThrowTypeError(env, "proxyProtocol must be 'v1' or 'v2'");
+      return env.Undefined();
+    }
+    if (config.proto != ps::Proto::kTcp) {
+      ThrowTypeError(env, "proxyProtocol applies to TCP mappings only");
+      return env.Undefined();
+    }
+  }
+  config.accept_proxy_protocol = spec.Get("acceptProxyProtocol").ToBoolean().Value();
+  if (config.accept_proxy_protocol && config.proto != ps::Proto::kTcp) {
+    ThrowTypeError(env, "acceptProxyProtocol applies to TCP mappings only");
+    return env.Undefined();
+  }
   if (ps::parse_address(listen_host.c_str(), static_cast<uint16_t>(listen_port), &config.listen) < 0) {
     SystemError(env, {-EINVAL, "bind"}, listen_host, static_cast<int>(listen_port)).ThrowAsJavaScriptException();
     return env.Undefined();

@@ -48,7 +48,11 @@ class Counter {
   X(dropped_other, "droppedOther")          /* Any other send error. */                      \
   /* TCP, splice engine: pipes. */                                                           \
   X(pipes, "pipes")                  /* Pipes held now by the mapping's connections. */      \
-  X(pipe_fallbacks, "pipeFallbacks") /* Bursts copied because no pipe could be had. */
+  X(pipe_fallbacks, "pipeFallbacks") /* Bursts copied because no pipe could be had. */       \
+  /* TCP, proxyProtocol. */                                                                  \
+  X(proxy_headers_sent, "proxyHeadersSent")         /* PROXY protocol headers sent whole. */ \
+  X(proxy_headers_received, "proxyHeadersReceived") /* Valid headers read from clients. */   \
+  X(proxy_headers_rejected, "proxyHeadersRejected") /* Bad, oversized or too late. */
 
 struct alignas(64) ThreadCounters {
 #define PS_COUNTER_MEMBER(member, name) Counter member;

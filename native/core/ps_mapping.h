@@ -9,6 +9,7 @@
 #include "ps_addr.h"
 #include "ps_counters.h"
 #include "ps_fd.h"
+#include "ps_proxy_protocol.h"
 
 namespace ps {
 
@@ -36,6 +37,11 @@ struct MappingConfig {
   int udp_timeout_ms = 90000;
   // UDP: flows at once; beyond it the least recently active flow is evicted.
   uint32_t udp_max_flows = 4096;
+  // TCP: a PROXY protocol header sent to the target before any client byte.
+  ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
+  // TCP: every client starts with a PROXY header (v1 or v2), read before connecting; its
+  // addresses are the client's for a header sent onwards.
+  bool accept_proxy_protocol = false;
 };
 
 class Mapping {

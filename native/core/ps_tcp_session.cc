@@ -5,10 +5,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -21,6 +23,10 @@ namespace {
 // Passes over one direction per event before giving other connections a turn; level
 // triggered epoll reports the socket again if it still has data.
 constexpr int kMaxRounds = 4;
+
+// How long a client of an acceptProxyProtocol mapping has to send its whole PROXY header:
+// the spec's "at least 3 seconds to cover a TCP retransmit" (section 2).
+constexpr int64_t kProxyHeaderTimeoutMs = 3000;
 
 // Makes the next close() send RST instead of FIN.
 void set_linger_zero(int fd) {
@@ -239,6 +245,76 @@ TcpSession::TcpSession(WorkerContext* worker, Mapping* mapping, UniqueFd client)
 }
 
 int TcpSession::start() {
+  if (!mapping_->config().accept_proxy_protocol) return connect();
+  // The client's PROXY header comes first; connect once it has been read, within the
+  // header timeout (the connect timers' list: no timer of its own).
+  received_.reset(new (std::nothrow) Received);
+  if (received_ == nullptr) {
+    finish(true);
+    return -ENOMEM;
+  }
+  state_ = State::kAwaitHeader;
+  connect_deadline_ = worker_->now_ms() + kProxyHeaderTimeoutMs;
+  worker_->track_connect(this);
+  // A client sends its header right after its handshake, so it is most often queued by the
+  // time accept() returns: read it now, and wait in the loop only for the rest.
+  read_client_header();
+  if (state_ == State::kAwaitHeader && worker_->loop().watch(&client_watcher_, EPOLLIN) < 0) {
+    int error = -errno;
+    finish(true);
+    return error;
+  }
+  return 0;
+}
+
+// Reads what the client has sent of its header, without ever reading past it: the bytes
+// are peeked, and only the header's own are taken off the socket, so that the client's
+// data after it stays there for the first splice. Peeked bytes of a header still incomplete
+// are all header, and are taken too, so that level-triggered EPOLLIN does not report them
+// again and again.
+void TcpSession::read_client_header() {
+  Received& r = *received_;
+  ssize_t n;
+  do {
+    n = recv(client_.get(), r.data + r.have, sizeof r.data - r.have, MSG_PEEK);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno != EAGAIN) finish(true);
+    return;
+  }
+  if (n == 0) {  // FIN before a complete header.
+    counters_->proxy_headers_rejected.add(1);
+    finish(true);
+    return;
+  }
+  size_t available = r.have + static_cast<size_t>(n);
+  int length = parse_proxy_header(r.data, available, &r.header);
+  if (length < 0 || (length == 0 && available == sizeof r.data)) {
+    counters_->proxy_headers_rejected.add(1);
+    finish(true);  // RST: "abort the connection as soon as possible" (spec 2.1).
+    return;
+  }
+  size_t take = length == 0 ? static_cast<size_t>(n) : static_cast<size_t>(length) - r.have;
+  do {
+    n = recv(client_.get(), r.data + r.have, take, 0);  // Peeked: `take` bytes are there.
+  } while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(take)) {
+    finish(true);
+    return;
+  }
+  r.have += take;
+  if (length == 0) return;
+  counters_->proxy_headers_received.add(1);
+  // Out of the set until the target is connected, as without acceptProxyProtocol: the
+  // data after the header waits in the socket, and level-triggered EPOLLIN would report it
+  // on every wait meanwhile.
+  worker_->loop().forget(&client_watcher_);
+  connecting_link.unlink();
+  state_ = State::kConnecting;
+  connect();
+}
+
+int TcpSession::connect() {
   // The client socket has TCP_NODELAY and keep-alive from the listener (set_tcp_options).
   int rc = connect_target(mapping_->config(), &target_);
   if (rc < 0) {
@@ -261,7 +337,13 @@ int TcpSession::start() {
 }
 
 void TcpSession::on_connect_timeout() {
-  if (state_ == State::kConnecting) fail_connect();
+  // A PROXY header still unsent by then counts as a connect that did not complete.
+  if (state_ == State::kConnecting || state_ == State::kSendingHeader) {
+    fail_connect();
+  } else if (state_ == State::kAwaitHeader) {
+    counters_->proxy_headers_rejected.add(1);  // No complete header in time.
+    finish(true);
+  }
 }
 
 void TcpSession::fail_connect() {
@@ -270,7 +352,89 @@ void TcpSession::fail_connect() {
 }
 
 void TcpSession::on_connected() {
+  if (mapping_->config().proxy_protocol != ProxyProtocol::kOff && !send_proxy_header()) return;
+  start_forwarding();
+}
+
+// Sends the PROXY header on the fresh socket, before the first splice. Returns true when it
+// is all sent; false when the session has closed or waits in kSendingHeader for EPOLLOUT.
+bool TcpSession::send_proxy_header() {
+  sockaddr_storage peer{}, local{};
+  socklen_t peer_length = sizeof peer, local_length = sizeof local;
+  if (received_ != nullptr && received_->header.has_addresses) {
+    // Chaining: the addresses the client's own header announced.
+    peer = received_->header.source;
+    local = received_->header.destination;
+  } else if (getpeername(client_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) < 0 ||
+             getsockname(client_.get(), reinterpret_cast<sockaddr*>(&local), &local_length) < 0) {
+    // The client's own address and the one it reached (never the listener's wildcard). A
+    // client that reset while the target was being connected fails with ENOTCONN: nothing
+    // to announce, reset the target too.
+    finish(true);
+    return false;
+  }
+  received_.reset();
+  char header[kProxyHeaderMax];
+  size_t length = build_proxy_header(mapping_->config().proxy_protocol, peer, local, header);
+  // One send() of the whole header, in a segment of its own (TCP_NODELAY, and no client
+  // byte has been read yet), as the spec asks: "the sender must ensure that all the
+  // protocol header is sent at once". An empty send buffer always takes ~100 bytes; a
+  // short write is handled anyway, by keeping the rest and finishing it before any splice.
+  ssize_t n;
+  do {
+    n = send(target_.get(), header, length, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN) {
+    finish(true);
+    return false;
+  }
+  size_t sent = n < 0 ? 0 : static_cast<size_t>(n);
+  if (sent == length) {
+    counters_->proxy_headers_sent.add(1);
+    return true;
+  }
+  header_.reset(new (std::nothrow) char[length - sent]);
+  if (header_ == nullptr) {
+    finish(true);
+    return false;
+  }
+  memcpy(header_.get(), header + sent, length - sent);
+  header_offset_ = 0;
+  header_length_ = static_cast<uint8_t>(length - sent);
+  state_ = State::kSendingHeader;
+  if (worker_->loop().watch(&target_watcher_, EPOLLOUT) < 0) {
+    finish(true);
+    return false;
+  }
+  // Bounded by the connect timeout: still (or now, after a connect that completed at
+  // once) in the worker's list of pending connects.
+  if (!connecting_link.linked()) {
+    connect_deadline_ = worker_->now_ms() + mapping_->config().connect_timeout_ms;
+    worker_->track_connect(this);
+  }
+  return false;
+}
+
+// In kSendingHeader, on EPOLLOUT: sends more of the header. True once it is all sent.
+bool TcpSession::flush_proxy_header() {
+  ssize_t n;
+  do {
+    n = send(target_.get(), header_.get() + header_offset_, header_length_ - header_offset_, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno != EAGAIN) finish(true);
+    return false;
+  }
+  header_offset_ = static_cast<uint8_t>(header_offset_ + n);
+  if (header_offset_ < header_length_) return false;
+  header_.reset();
+  counters_->proxy_headers_sent.add(1);
+  return true;
+}
+
+void TcpSession::start_forwarding() {
   state_ = State::kOpen;
+  received_.reset();
   connecting_link.unlink();
   // Level triggered: the loop reports what is already waiting on either socket.
   if (worker_->loop().watch(&client_watcher_, EPOLLIN) < 0 || worker_->loop().watch(&target_watcher_, EPOLLIN) < 0) {
@@ -286,6 +450,10 @@ void TcpSession::on_connected() {
 void TcpSession::on_event(Watcher* watcher, uint32_t events) {
   if (state_ == State::kClosed) return;
   activity++;
+  if (state_ == State::kAwaitHeader) {
+    if (watcher->tag == kClient) read_client_header();
+    return;
+  }
   if (state_ == State::kConnecting) {
     if (watcher->tag != kTarget) return;
     // A failed connect() is reported with EPOLLERR (sk_err is set) and EPOLLHUP, a completed
@@ -294,6 +462,15 @@ void TcpSession::on_event(Watcher* watcher, uint32_t events) {
       fail_connect();
     } else if (events & EPOLLOUT) {
       on_connected();
+    }
+    return;
+  }
+  if (state_ == State::kSendingHeader) {
+    if (watcher->tag != kTarget) return;
+    if (events & (EPOLLERR | EPOLLHUP)) {
+      finish(true);
+    } else if ((events & EPOLLOUT) && flush_proxy_header()) {
+      start_forwarding();
     }
     return;
   }

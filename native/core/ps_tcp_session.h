@@ -7,10 +7,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <memory>
+
 #include "ps_fd.h"
 #include "ps_list.h"
 #include "ps_loop.h"
 #include "ps_mapping.h"
+#include "ps_proxy_protocol.h"
 #include "ps_store.h"
 
 namespace ps {
@@ -59,7 +62,18 @@ class TcpSession final : public EventHandler {
   ListLink<TcpSession> connecting_link{this};  // In the worker's list of pending connects.
 
  private:
-  enum class State { kConnecting, kOpen, kClosed };
+  // kSendingHeader: connected, and the PROXY protocol header is not all sent yet (the target's
+  // send buffer was full); no client byte moves until it is.
+  // kAwaitHeader: reading the client's PROXY header (acceptProxyProtocol), before connecting.
+  enum class State { kAwaitHeader, kConnecting, kSendingHeader, kOpen, kClosed };
+
+  // While kAwaitHeader and until the header onwards is sent: what the client's header said,
+  // and the bytes of it read so far.
+  struct Received {
+    ReceivedHeader header;
+    char data[kAcceptedHeaderMax];
+    size_t have = 0;  // Bytes of the header consumed from the socket.
+  };
   enum Tag : uint8_t { kClient, kTarget };
 
   // Bytes in flight from one socket to the other.
@@ -82,6 +96,11 @@ class TcpSession final : public EventHandler {
   ssize_t write_out(Direction& d, int dst, bool toward_target);
   void update_interest(Watcher* event_watcher, uint32_t events);
   void on_connected();
+  int connect();
+  void read_client_header();
+  bool send_proxy_header();
+  bool flush_proxy_header();
+  void start_forwarding();
   void fail_connect();
   void finish(bool reset);
 
@@ -97,6 +116,11 @@ class TcpSession final : public EventHandler {
   State state_ = State::kConnecting;
   bool no_splice_ = false;  // splice(2) said EINVAL: this connection copies.
   int64_t connect_deadline_ = 0;
+  // The unsent rest of the PROXY protocol header, only while state_ is kSendingHeader.
+  std::unique_ptr<char[]> header_;
+  uint8_t header_offset_ = 0;
+  uint8_t header_length_ = 0;
+  std::unique_ptr<Received> received_;  // Only with acceptProxyProtocol.
 };
 
 }  // namespace ps

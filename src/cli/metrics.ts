@@ -66,6 +66,27 @@ const METRICS: MetricDef[] = [
     samples: (m) => [[{}, tcp(m).connections.failed]],
   },
   {
+    name: 'portsplice_proxy_headers_sent_total',
+    help: 'PROXY protocol headers sent to the target (mappings with proxyProtocol).',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).proxyHeaders.sent]],
+  },
+  {
+    name: 'portsplice_proxy_headers_received_total',
+    help: 'PROXY protocol headers read from clients (mappings with acceptProxyProtocol).',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).proxyHeaders.received]],
+  },
+  {
+    name: 'portsplice_proxy_headers_rejected_total',
+    help: 'Clients reset for a bad, oversized or late PROXY protocol header.',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).proxyHeaders.rejected]],
+  },
+  {
     name: 'portsplice_bytes_total',
     help: 'Payload bytes forwarded, by direction (to_target, to_client).',
     type: 'counter',

@@ -216,6 +216,17 @@ export const OPTIONS: readonly OptionDef[] = [
       `${DEFAULT_KEEP_ALIVE.idleMs / 1000},${DEFAULT_KEEP_ALIVE.intervalMs / 1000},${DEFAULT_KEEP_ALIVE.count}).`,
   },
   {
+    flag: 'proxy-protocol',
+    value: 'v1|v2',
+    scope: 'mapping',
+    key: 'proxyProtocol',
+    proto: 'tcp',
+    parse: (text) => text,
+    help:
+      "Send a PROXY protocol header with the client's address to the target before its bytes " +
+      '(only to a target that expects it: nginx proxy_protocol, HAProxy accept-proxy).',
+  },
+  {
     flag: 'udp-timeout',
     value: 'SECONDS',
     scope: 'mapping',
