@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "ps_engine.h"
 #include "ps_worker.h"
 
 namespace ps {
@@ -242,7 +243,9 @@ int TcpSession::start() {
   // The client socket has TCP_NODELAY and keep-alive from the listener (set_tcp_options).
   int rc = connect_target(mapping_->config(), &target_);
   if (rc < 0) {
-    fail_connect();
+    // An `unreachable` route fails connect() at once with EHOSTUNREACH, no route with
+    // ENETUNREACH; EMFILE and the like are returned too, for the caller to pause on.
+    fail_connect(rc);
     return rc;
   }
   target_watcher_.fd = target_.get();
@@ -252,7 +255,7 @@ int TcpSession::start() {
   }
   if (worker_->loop().watch(&target_watcher_, EPOLLOUT) < 0) {
     int error = -errno;
-    fail_connect();
+    fail_connect(error);
     return error;
   }
   connect_deadline_ = worker_->now_ms() + mapping_->config().connect_timeout_ms;
@@ -261,11 +264,37 @@ int TcpSession::start() {
 }
 
 void TcpSession::on_connect_timeout() {
-  if (state_ == State::kConnecting) fail_connect();
+  if (state_ == State::kConnecting) fail_connect(-ETIMEDOUT);
 }
 
-void TcpSession::fail_connect() {
-  counters_->failed.add(1);
+void TcpSession::fail_connect(int error) {
+  FailReason reason = fail_reason(error);
+  switch (reason) {
+    case FailReason::kRefused:
+      counters_->failed_refused.add(1);
+      break;
+    case FailReason::kTimeout:
+      counters_->failed_timeout.add(1);
+      break;
+    case FailReason::kUnreachable:
+      counters_->failed_unreachable.add(1);
+      break;
+    case FailReason::kOther:
+      counters_->failed_other.add(1);
+      break;
+  }
+  EventQueue& events = worker_->engine()->events();
+  if (events.enabled()) {
+    Event event;
+    event.kind = EventKind::kTargetFailure;
+    event.reason = reason;
+    event.mapping = mapping_->id();
+    event.error = error;
+    // Read only here, on the failure path: accept4() does not ask for the address.
+    event.client.length = sizeof event.client.storage;
+    if (getpeername(client_.get(), event.client.get(), &event.client.length) < 0) event.client.length = 0;
+    if (!events.push(event)) counters_->events_dropped.add(1);
+  }
   finish(true);
 }
 
@@ -291,7 +320,9 @@ void TcpSession::on_event(Watcher* watcher, uint32_t events) {
     // A failed connect() is reported with EPOLLERR (sk_err is set) and EPOLLHUP, a completed
     // one with EPOLLOUT alone: SO_ERROR need not be read.
     if (events & (EPOLLERR | EPOLLHUP)) {
-      fail_connect();
+      // The reason is in SO_ERROR (ECONNREFUSED for a RST, EHOSTUNREACH for an ICMP).
+      int error = socket_error(watcher->fd);
+      fail_connect(error < 0 ? error : -ECONNRESET);
     } else if (events & EPOLLOUT) {
       on_connected();
     }

@@ -82,7 +82,9 @@ class TcpSession final : public EventHandler {
   ssize_t write_out(Direction& d, int dst, bool toward_target);
   void update_interest(Watcher* event_watcher, uint32_t events);
   void on_connected();
-  void fail_connect();
+  // Counts the failure under its reason (and reports it when events are on), then resets
+  // the client. `error`: a negative errno.
+  void fail_connect(int error);
   void finish(bool reset);
 
   Worker* worker_;

@@ -92,6 +92,7 @@ class Worker final : public EventHandler {
   PipePool& pipes() { return pipes_; }
   BufferPool& buffers() { return buffers_; }
   int64_t now_ms() const { return now_ms_; }
+  Engine* engine() const { return engine_; }
   void track_connect(TcpSession* session);
   // Makes the loop wake up by `when_ms` to run timers.
   void schedule_timer(int64_t when_ms) {
@@ -129,6 +130,8 @@ class Worker final : public EventHandler {
   void run_timers();
   void accept_connections(Listener* listener);
   void pause_listener(Listener* listener);
+  // Reports an accept() failure (a negative errno) as a listener event, when events are on.
+  void report_listener_error(Listener* listener, int error);
   void remove_mapping(uint32_t mapping_id);
   void stop();
   void stop_listening(uint32_t mapping_id);
