@@ -3,6 +3,7 @@
  * Option errors come from config.ts (`ERR_INVALID_ARG_*`, `ERR_OUT_OF_RANGE`), system errors
  * from the engines (`EADDRINUSE`, `EACCES`…, with `errno`, `syscall`, `address`, `port`).
  */
+import { getSystemErrorName } from 'node:util';
 
 /** The codes of the errors the library raises itself. */
 export const ErrorCodes = Object.freeze({
@@ -28,6 +29,13 @@ export interface PortspliceError extends Error {
   /** The address and port involved, where one applies. */
   address?: string;
   port?: number;
+}
+
+/** The errno name of a negative errno (`-111` -> `'ECONNREFUSED'`), or `'UNKNOWN'`. */
+export function errnoCode(errno: number): string {
+  // Node names what libuv knows and says "Unknown system error -N" for the rest.
+  const name = getSystemErrorName(errno);
+  return /^E[A-Z0-9]+$/.test(name) ? name : 'UNKNOWN';
 }
 
 /** True for an error with a string `code`, as every error the library raises has. */

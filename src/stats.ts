@@ -3,7 +3,35 @@
  * test/counters.test.mjs checks that every counter of the mapping's protocol appears here.
  */
 import type { RawCounters } from './counters.js';
-import type { Mapping, MappingStats } from './types.js';
+import type { EngineName, Mapping, MappingStats, ProxyStats } from './types.js';
+
+/**
+ * A copy of `value` that JSON can carry: bigints (the byte counters) become decimal strings,
+ * which keep every digit where a number would not past 2^53. The stats' `toJSON`, and so the
+ * command's `--json` lines, use it.
+ */
+export function jsonSafe(value: unknown): unknown {
+  if (typeof value === 'bigint') return value.toString();
+  if (Array.isArray(value)) return value.map(jsonSafe);
+  if (value !== null && typeof value === 'object') {
+    // Own enumerable properties only: `toJSON` itself is not enumerable.
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, jsonSafe(v)]));
+  }
+  return value;
+}
+
+/** Adds a non-enumerable `toJSON` (so that `deepEqual` and spreads do not see it). */
+function withToJSON<T extends object>(value: T): T & { toJSON(): unknown } {
+  return Object.defineProperty(value, 'toJSON', {
+    value(this: T) {
+      return jsonSafe(this);
+    },
+  }) as T & { toJSON(): unknown };
+}
+
+export function shapeProxyStats(engine: EngineName, threads: number, mappings: MappingStats[]): ProxyStats {
+  return withToJSON({ engine, threads, mappings });
+}
 
 export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
   const common = {
@@ -13,12 +41,24 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
   };
   const bytes = { toTarget: c.toTarget, toClient: c.toClient, spliced: c.spliced, copied: c.copied };
   if (m.proto === 'tcp') {
-    return {
-      ...common,
-      proto: 'tcp',
-      connections: { accepted: c.accepted, active: c.active, failed: c.failed },
-      bytes,
+    const failedBy = {
+      refused: c.failedRefused,
+      timeout: c.failedTimeout,
+      unreachable: c.failedUnreachable,
+      other: c.failedOther,
     };
+    return withToJSON({
+      ...common,
+      proto: 'tcp' as const,
+      connections: {
+        accepted: c.accepted,
+        active: c.active,
+        failed: failedBy.refused + failedBy.timeout + failedBy.unreachable + failedBy.other,
+        failedBy,
+      },
+      bytes,
+      events: { dropped: c.eventsDropped },
+    });
   }
   const dropped = {
     noFlow: c.droppedNoFlow,
@@ -27,9 +67,9 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
     truncated: c.droppedTruncated,
     other: c.droppedOther,
   };
-  return {
+  return withToJSON({
     ...common,
-    proto: 'udp',
+    proto: 'udp' as const,
     flows: {
       active: c.flowsActive,
       created: c.flowsCreated,
@@ -42,5 +82,5 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
       ...dropped,
     },
     bytes,
-  };
+  });
 }

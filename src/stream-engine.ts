@@ -6,6 +6,7 @@
 import type { Backend } from './backend.js';
 import { newCounters, type RawCounters } from './counters.js';
 import type { ResolvedMapping } from './config.js';
+import { EventQueue, type RawBatch } from './events.js';
 import { StreamTcpMapping } from './stream-tcp.js';
 import { StreamUdpMapping } from './stream-udp.js';
 
@@ -28,6 +29,7 @@ export class StreamBackend implements Backend {
   /** add() calls still running, so that close() can wait for them. */
   #adding = new Set<Promise<unknown>>();
   #closing = false;
+  #events = new EventQueue();
 
   async add(spec: ResolvedMapping): Promise<{ id: number; port: number }> {
     const adding = this.#add(spec);
@@ -41,11 +43,14 @@ export class StreamBackend implements Backend {
 
   async #add(spec: ResolvedMapping): Promise<{ id: number; port: number }> {
     const counters = newCounters();
+    // The id is taken before binding, so that the mapping's events can carry it.
+    const id = this.#nextId++;
     const mapping: StreamMapping =
-      spec.proto === 'tcp' ? new StreamTcpMapping(spec, counters) : new StreamUdpMapping(spec, counters);
+      spec.proto === 'tcp'
+        ? new StreamTcpMapping(spec, counters, { queue: this.#events, mapping: id })
+        : new StreamUdpMapping(spec, counters);
     const port = await mapping.listen();
     mapping.setRef(this.#ref);
-    const id = this.#nextId++;
     this.#mappings.set(id, mapping);
     // close() began while this one was binding, and waits for it: take it down too.
     if (this.#closing) await this.remove(id);
@@ -77,6 +82,14 @@ export class StreamBackend implements Backend {
 
   threads(): number {
     return 0;
+  }
+
+  watchEvents(notify: (() => void) | undefined): void {
+    this.#events.watch(notify);
+  }
+
+  takeEvents(): RawBatch {
+    return this.#events.take();
   }
 
   setRef(ref: boolean): void {

@@ -26,8 +26,14 @@ function tcpStats(
     proto: 'tcp',
     listen: { host: '127.0.0.1', port },
     target: { host: '10.0.0.2', port: 80 },
-    connections: { accepted, active, failed },
+    connections: {
+      accepted,
+      active,
+      failed,
+      failedBy: { refused: failed, timeout: 0, unreachable: 0, other: 0 },
+    },
     bytes: { toTarget, toClient, spliced: toTarget + toClient, copied: 0n },
+    events: { dropped: 0 },
   };
 }
 
@@ -190,7 +196,8 @@ describe('metrics', () => {
     const udp = 'mapping="2",proto="udp",listen="[::]:53",target="[fd00::2]:53"';
     has(`portsplice_connections_accepted_total{${tcp}} 3`);
     has(`portsplice_connections_active{${tcp}} 1`);
-    has(`portsplice_connections_failed_total{${tcp}} 1`);
+    has(`portsplice_connections_failed_total{${tcp},reason="refused"} 1`);
+    has(`portsplice_connections_failed_total{${tcp},reason="timeout"} 0`);
     has(`portsplice_bytes_total{${tcp},direction="to_target"} ${2 ** 40}`);
     has(`portsplice_bytes_total{${tcp},direction="to_client"} 5`);
     has(`portsplice_spliced_bytes_total{${tcp}} ${2 ** 40 + 5}`);

@@ -176,7 +176,12 @@ describe('stats output', () => {
       return m.bytes.toTarget === '12345' && m.bytes.toClient === '12345' && m.connections.active === 0;
     }, 'with 12345 bytes each way');
     const m = JSON.parse(line).mappings[0];
-    assert.deepEqual(m.connections, { accepted: 1, active: 0, failed: 0 });
+    assert.deepEqual(m.connections, {
+      accepted: 1,
+      active: 0,
+      failed: 0,
+      failedBy: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
+    });
     assert.equal(m.proto, 'tcp');
     assert.deepEqual(m.target, { host: V4, port: echo.port });
     assert.equal(BigInt(m.bytes.spliced) + BigInt(m.bytes.copied), 24690n);
@@ -213,7 +218,8 @@ describe('stats output', () => {
     has(`portsplice_bytes_total{${labels},direction="to_target"} 5000`);
     has(`portsplice_bytes_total{${labels},direction="to_client"} 5000`);
     has(`portsplice_connections_accepted_total{${labels}} 2`);
-    has(`portsplice_connections_failed_total{${labels}} 0`);
+    for (const reason of ['refused', 'timeout', 'unreachable', 'other'])
+      has(`portsplice_connections_failed_total{${labels},reason="${reason}"} 0`);
     assert.match(res.text, /# TYPE portsplice_bytes_total counter/);
     assert.match(res.text, /# TYPE portsplice_connections_active gauge/);
     for (const line of res.text.split('\n')) {

@@ -5,7 +5,7 @@
  * Nothing is started until parsing has fully succeeded.
  */
 import { isIP } from 'node:net';
-import { checkKeepAlive, MAX_UDP_FLOWS } from '../config.js';
+import { checkAppliesTo, checkKeepAlive, MAX_UDP_FLOWS } from '../config.js';
 import type { EngineName, MappingOptions, Proto } from '../types.js';
 
 /** A bad command line or config file: the message says what is wrong (the CLI exits 2). */
@@ -373,6 +373,11 @@ function parseConfigMapping(value: unknown, where: string): MappingOptions {
       throw new UsageError(`${where}.${(error as Error).message}`);
     }
     mapping.keepAlive = value.keepAlive as MappingOptions['keepAlive'];
+  }
+  try {
+    checkAppliesTo(value, proto);
+  } catch (error) {
+    throw new UsageError(`${where}.${(error as Error).message}`);
   }
   return mapping;
 }

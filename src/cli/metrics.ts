@@ -7,7 +7,13 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { MappingStats, Proxy, ProxyStats, TcpMappingStats, UdpMappingStats } from '../types.js';
+import type {
+  MappingStats,
+  PortspliceProxy,
+  ProxyStats,
+  TcpMappingStats,
+  UdpMappingStats,
+} from '../types.js';
 import { formatEndpoint } from './args.js';
 
 const LABELS = ['mapping', 'proto', 'listen', 'target'] as const;
@@ -57,10 +63,11 @@ const METRICS: MetricDef[] = [
   },
   {
     name: 'portsplice_connections_failed_total',
-    help: 'TCP connections whose target could not be reached (refused, unreachable, timed out).',
+    help: 'TCP connections whose target could not be reached, by reason (refused, timeout, unreachable, other).',
     type: 'counter',
     proto: 'tcp',
-    samples: (m) => [[{}, tcp(m).connections.failed]],
+    extra: ['reason'],
+    samples: (m) => Object.entries(tcp(m).connections.failedBy).map(([reason, n]): Sample => [{ reason }, n]),
   },
   {
     name: 'portsplice_bytes_total',
@@ -140,6 +147,13 @@ const METRICS: MetricDef[] = [
       ];
     },
   },
+  {
+    name: 'portsplice_events_dropped_total',
+    help: 'Failure events dropped because nobody read them in time (the library queue keeps 1024).',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).events.dropped]],
+  },
 ];
 
 export interface Metrics {
@@ -149,7 +163,7 @@ export interface Metrics {
 }
 
 /** A registry with portsplice's metrics and the process metrics (all prefixed `portsplice_`). */
-export function createMetrics(proxy: Proxy, version: string): Metrics {
+export function createMetrics(proxy: PortspliceProxy, version: string): Metrics {
   const registry = new Registry();
   // Set for the duration of a scrape, so that every metric reads the same snapshot.
   let snapshot: ProxyStats | undefined;

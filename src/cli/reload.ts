@@ -6,7 +6,7 @@
  * running config stays as it was.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Mapping, Proxy } from '../types.js';
+import type { Mapping, PortspliceProxy } from '../types.js';
 import { formatEndpoint, type MappingSpec } from './args.js';
 
 /** Tries of a new mapping on the port of one being removed (see openMapping). */
@@ -65,7 +65,7 @@ function sameListener(a: MappingSpec, b: MappingSpec): boolean {
  * closed by an engine thread a moment after remove() is called, so EADDRINUSE is retried for
  * up to TAKEOVER_TRIES * TAKEOVER_WAIT_MS.
  */
-async function openMapping(proxy: Proxy, spec: MappingSpec, takesOver: boolean): Promise<Mapping> {
+async function openMapping(proxy: PortspliceProxy, spec: MappingSpec, takesOver: boolean): Promise<Mapping> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await proxy.add(spec.options);
@@ -90,7 +90,7 @@ export interface ReloadOutcome {
  * rejects (with the live set unchanged in effect) when a new mapping cannot open.
  */
 export async function applyMappings(
-  proxy: Proxy,
+  proxy: PortspliceProxy,
   live: readonly LiveMapping[],
   wanted: readonly MappingSpec[],
   drainTimeoutMs: number,

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { Server } from 'node:http';
 import { createProxy } from '../index.js';
-import type { Proxy } from '../types.js';
+import type { PortspliceProxy } from '../types.js';
 import { runDockerProxy } from './docker-proxy.js';
 import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions } from './args.js';
 import { SystemdNotifier } from './notify.js';
@@ -168,7 +168,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   const log = (line: string) => logStream.write(`portsplice: ${line}\n`);
   const notifier = new SystemdNotifier((message) => io.stderr.write(`portsplice: ${message}\n`));
 
-  let proxy: Proxy;
+  let proxy: PortspliceProxy;
   try {
     proxy = createProxy({
       ...(options.engine !== undefined && { engine: options.engine }),

@@ -2,7 +2,8 @@
  * What the CLI prints while it runs: the live terminal view (redrawn in place), JSON stats
  * lines for machines, and startup lines for logs. The formatting functions are pure.
  */
-import type { Endpoint, MappingStats, Proxy, ProxyStats } from '../types.js';
+import type { Endpoint, MappingStats, PortspliceProxy, ProxyStats } from '../types.js';
+import { jsonSafe } from '../stats.js';
 import { formatEndpoint } from './args.js';
 
 /** A writable text stream (process.stdout, or a test double). */
@@ -59,8 +60,7 @@ export function startupLine(m: { id: number; proto: string; listen: Endpoint; ta
  */
 export function jsonStatsLine(stats: ProxyStats, time: Date): string {
   return JSON.stringify(
-    { time: time.toISOString(), engine: stats.engine, mappings: stats.mappings },
-    (_key, v) => (typeof v === 'bigint' ? v.toString() : v),
+    jsonSafe({ time: time.toISOString(), engine: stats.engine, mappings: stats.mappings }),
   );
 }
 
@@ -252,7 +252,12 @@ export interface View {
 }
 
 /** The live view: redrawn in place every `intervalMs` on a terminal. */
-export function startLiveView(proxy: Proxy, out: Output, intervalMs: number, version: string): View {
+export function startLiveView(
+  proxy: PortspliceProxy,
+  out: Output,
+  intervalMs: number,
+  version: string,
+): View {
   const started = Date.now();
   let prev: ProxyStats | undefined;
   let prevAt = started;
@@ -286,7 +291,7 @@ export function startLiveView(proxy: Proxy, out: Output, intervalMs: number, ver
 }
 
 /** One JSON stats line now and every `intervalMs`; `stop()` writes a last one. */
-export function startJsonLines(proxy: Proxy, out: Output, intervalMs: number): View {
+export function startJsonLines(proxy: PortspliceProxy, out: Output, intervalMs: number): View {
   const emit = () => out.write(`${jsonStatsLine(proxy.stats(), new Date())}\n`);
   emit();
   const timer = setInterval(emit, intervalMs);
