@@ -96,18 +96,19 @@ export class EventQueue {
 
 /** The public event, with the mapping's addresses. */
 export function shapeEvent(raw: RawEvent, mapping: Mapping): ProxyEvent {
-  const common = {
-    mapping: raw.mapping,
-    code: errnoCode(raw.errno),
-    errno: raw.errno,
-    listen: { ...mapping.listen },
-  };
-  if (raw.kind === 'listenerError') return { type: 'listenerError', ...common, time: raw.time };
+  const code = errnoCode(raw.errno);
+  const listen = { ...mapping.listen };
+  if (raw.kind === 'listenerError') {
+    return { type: 'listenerError', mapping: raw.mapping, code, errno: raw.errno, listen, time: raw.time };
+  }
   return {
     type: 'targetFailure',
-    ...common,
+    mapping: raw.mapping,
     reason: raw.reason ?? 'other',
+    code,
+    errno: raw.errno,
     ...(raw.client?.host !== undefined && { client: { host: raw.client.host, port: raw.client.port } }),
+    listen,
     target: { ...mapping.target },
     time: raw.time,
   };

@@ -9,6 +9,7 @@ import { createProxy } from '../index.js';
 import type { PortspliceProxy } from '../types.js';
 import { runDockerProxy } from './docker-proxy.js';
 import { HELP, UsageError, formatEndpoint, parseArgs, type CliOptions } from './args.js';
+import { logFailures } from './failure-log.js';
 import { SystemdNotifier } from './notify.js';
 import { applyMappings, describeSpec, mappingKeys, type LiveMapping } from './reload.js';
 import { startJsonLines, startLiveView, startupLine, type View } from './view.js';
@@ -231,6 +232,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   const drainMs = Math.round(options.drainTimeout * 1000);
 
   let view: View | undefined;
+  let stopFailureLog: (() => void) | undefined;
   if (signalled === undefined) {
     status.report(true);
     if (options.json) {
@@ -243,6 +245,8 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
         io.stdout.write(`portsplice: metrics on http://${metrics!.serverAddress(metricsServer)}/metrics\n`);
     }
     if (!live) log(`started ${version}, pid ${process.pid}: ${statusLine()}`);
+    // Failures to reach a target, rate-limited (the live view shows them as errors).
+    if (!live) stopFailureLog = logFailures(proxy, log);
     notifier.ready(statusLine());
   } else {
     status.report(false, `stopped by ${signalled} while starting`);
@@ -352,6 +356,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     io.stderr.write(`portsplice: error while stopping: ${errorText(err)}\n`);
     return 1;
   } finally {
+    stopFailureLog?.();
     clearTimeout(watchdog);
     process.off('SIGHUP', onHangup);
     await notifier.flush();
