@@ -190,8 +190,9 @@ class ProxyImpl extends EventEmitter implements PortspliceProxy {
       }
       this.#closing = this.#drain([...this.#mappings.keys()], drainTimeoutMs)
         .then(async (reset) => {
-          // What the engine recorded up to now is still delivered, then recording stops.
-          if (this.#batchTimer !== undefined) this.#deliverBatch();
+          // What the engine recorded up to now is still delivered (also what it has not yet
+          // announced: its notification may still be on its way), then recording stops.
+          this.#deliverBatch();
           this.#stopEvents();
           this.#mappings.clear();
           await this.#backend.close();

@@ -8,7 +8,6 @@
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { Worker } from 'node:worker_threads';
 
 import { createProxy } from '../dist/index.js';
 import { EventQueue, EVENT_QUEUE_CAPACITY } from '../dist/events.js';
@@ -25,29 +24,28 @@ after(killChildren);
 
 /**
  * One client connection that the proxy accepts and then resets; resolves with its local port.
- * The port is bound explicitly: the reset can come before Node reports the connect (libuv
- * then sees ECONNRESET in SO_ERROR), after which the socket no longer tells its address. A
- * port taken meanwhile (the proxy binds source ports of its own) is tried again.
+ * The port is read right after connect(2) was called (net.connect calls it on the next tick
+ * for an address literal): the reset can come before Node reports the connect (libuv then
+ * sees ECONNRESET in SO_ERROR), after which the socket no longer tells its address.
  */
 async function failingConnection(port) {
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const localPort = await freePort();
-    const code = await new Promise((resolve, reject) => {
-      const socket = net.connect({ port, host: V4, localAddress: V4, localPort });
-      let error;
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new Error(`connection to ${port} was not closed within 5 s`));
-      }, 5000);
-      socket.on('error', (e) => (error ??= e.code));
-      socket.on('close', () => {
-        clearTimeout(timer);
-        resolve(error);
-      });
+  const socket = net.connect({ port, host: V4 });
+  const closed = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`connection to ${port} was not closed within 5 s`));
+    }, 5000);
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve();
     });
-    if (code !== 'EADDRINUSE') return localPort;
-  }
-  throw new Error('no free local port in 5 tries');
+  });
+  await new Promise((resolve) => process.nextTick(resolve));
+  const localPort = socket.localPort;
+  assert.equal(typeof localPort, 'number', 'the client socket is bound');
+  await closed;
+  return localPort;
 }
 
 /** Collects the proxy's batches; `events()` flattens them. */
@@ -105,6 +103,7 @@ for (const engine of ENGINES) {
       t.after(() => safeClose(proxy));
       const m = await addMapping(proxy, await freePort());
       for (let i = 0; i < 5; i++) await failingConnection(m.listen.port);
+      await waitFor(() => proxy.stats(m).connections.failed === 5, { what: 'the 5 failures counted' });
       const sub = subscribe(proxy);
       const client = await failingConnection(m.listen.port);
       await waitFor(() => sub.events().length >= 1, { what: 'the event' });
@@ -189,60 +188,74 @@ console.log('RESULT ' + JSON.stringify({ ms, events, failedBy }));
 await proxy.close();
 `;
 
+// In a namespace of its own, so that no other program on the machine can start listening on
+// the closed target port during the 3000 connections: the clients run on a thread of their
+// own, so that the main thread can be blocked; the engine's threads accept and fail every
+// connection meanwhile, and nothing reads their events.
+const BOUNDED_CHILD = `
+import { Worker } from 'node:worker_threads';
+import { createProxy } from ${JSON.stringify(DIST_URL)};
+const TOTAL = Number(process.argv[1]);
+const proxy = createProxy({ engine: 'splice' });
+const batches = [];
+proxy.on('events', (batch) => batches.push(batch));
+const m = await proxy.add({ proto: 'tcp', listen: { host: '127.0.0.1', port: 0 }, target: { host: '127.0.0.1', port: 1 } });
+const done = new SharedArrayBuffer(4);
+const worker = new Worker(\`
+  import net from 'node:net';
+  import { workerData } from 'node:worker_threads';
+  let started = 0, closed = 0;
+  const flag = new Int32Array(workerData.done);
+  const next = () => {
+    if (started >= workerData.total) return;
+    started++;
+    const s = net.connect(workerData.port, '127.0.0.1');
+    s.on('error', () => {});
+    s.on('close', () => {
+      if (++closed === workerData.total) { Atomics.store(flag, 0, 1); Atomics.notify(flag, 0); }
+      else next();
+    });
+  };
+  for (let i = 0; i < 32; i++) next();
+\`, { eval: true, workerData: { port: m.listen.port, total: TOTAL, done } });
+const rss = process.memoryUsage().rss;
+const waited = Atomics.wait(new Int32Array(done), 0, 0, 45000);
+const count = () => batches.reduce((n, b) => n + b.events.length + b.dropped, 0);
+for (let i = 0; i < 250 && count() < TOTAL; i++) await new Promise((r) => setTimeout(r, 20));
+const s = proxy.stats(m);
+console.log('RESULT ' + JSON.stringify({
+  waited,
+  batches: batches.length,
+  events: batches.reduce((n, b) => n + b.events.length, 0),
+  dropped: batches.reduce((n, b) => n + b.dropped, 0),
+  failedBy: s.connections.failedBy,
+  mappingDropped: s.events.dropped,
+  rssGrowth: process.memoryUsage().rss - rss,
+}));
+await worker.terminate();
+await proxy.close();
+`;
+
 describe('bounded with nobody reading', () => {
   test(
     'splice: 3000 failures while JavaScript is blocked keep 1024 events and count the rest',
-    { timeout: 60000 },
+    { skip: namespaceSkipReason() ?? false, timeout: 70000 },
     async (t) => {
-      const proxy = createProxy({ engine: 'splice' });
-      t.after(() => safeClose(proxy));
-      const m = await addMapping(proxy, await freePort());
-      const sub = subscribe(proxy);
       const TOTAL = 3000;
-      const done = new SharedArrayBuffer(4);
-      // The clients run on a thread of their own, so that this one can be blocked: the engine's
-      // threads accept and fail every connection meanwhile, and nothing reads their events.
-      const worker = new Worker(
-        `
-      const net = require('node:net');
-      const { workerData } = require('node:worker_threads');
-      let started = 0, closed = 0;
-      const flag = new Int32Array(workerData.done);
-      const next = () => {
-        if (started >= workerData.total) return;
-        started++;
-        const s = net.connect(workerData.port, '127.0.0.1');
-        s.on('error', () => {});
-        s.on('close', () => {
-          if (++closed === workerData.total) { Atomics.store(flag, 0, 1); Atomics.notify(flag, 0); }
-          else next();
-        });
-      };
-      for (let i = 0; i < 32; i++) next();
-      `,
-        { eval: true, workerData: { port: m.listen.port, total: TOTAL, done } },
+      const child = spawnInNamespace([], BOUNDED_CHILD, [TOTAL]);
+      const result = JSON.parse((await child.waitLine(/^RESULT (.*)$/, 60000))[1]);
+      await child.waitExit(10000);
+      const what = show(result);
+      t.diagnostic(`rss ${(result.rssGrowth / 1048576).toFixed(1)} MiB above the start: ${what}`);
+      assert.equal(result.waited, 'ok', `the clients finished within 45 s: ${what}`);
+      assert.equal(result.events, EVENT_QUEUE_CAPACITY, `the queue kept its capacity and no more: ${what}`);
+      assert.equal(result.dropped, TOTAL - EVENT_QUEUE_CAPACITY, what);
+      assert.deepEqual(result.failedBy, { refused: TOTAL, timeout: 0, unreachable: 0, other: 0 }, what);
+      assert.equal(
+        result.mappingDropped,
+        TOTAL - EVENT_QUEUE_CAPACITY,
+        `the drops counted on the mapping: ${what}`,
       );
-      t.after(() => worker.terminate());
-      const rssBefore = process.memoryUsage().rss;
-      const waited = Atomics.wait(new Int32Array(done), 0, 0, 45000);
-      assert.equal(waited, 'ok', 'the clients finished within 45 s');
-      await waitFor(() => sub.events().length + sub.dropped() >= TOTAL, {
-        timeout: 5000,
-        what: 'every failure delivered or counted as dropped',
-        describe: () => show({ events: sub.events().length, dropped: sub.dropped() }),
-      });
-      t.diagnostic(
-        `rss ${((process.memoryUsage().rss - rssBefore) / 1048576).toFixed(1)} MiB above the start`,
-      );
-      assert.equal(sub.events().length, EVENT_QUEUE_CAPACITY, 'the queue kept its capacity and no more');
-      assert.equal(sub.dropped(), TOTAL - EVENT_QUEUE_CAPACITY);
-      const s = proxy.stats(m);
-      assert.equal(s.connections.failedBy.refused, TOTAL);
-      assert.equal(s.events.dropped, TOTAL - EVENT_QUEUE_CAPACITY, 'the drops are counted on the mapping');
-      // The queue is usable again once read.
-      const before = sub.events().length;
-      await failingConnection(m.listen.port);
-      await waitFor(() => sub.events().length > before, { what: 'the next event' });
     },
   );
 
@@ -279,11 +292,10 @@ describe('the portsplice command', () => {
         /^portsplice: mapping 1 (\S+): target (\S+) refused the connection \(ECONNREFUSED\) for client (\S+)$/,
         5000,
       );
-      assert.deepEqual(
-        line.slice(1),
-        [`${V4}:${listen}`, `${V4}:${closed}`, `${V4}:${clients[0]}`],
-        child.out,
-      );
+      assert.deepEqual(line.slice(1, 3), [`${V4}:${listen}`, `${V4}:${closed}`], child.out);
+      // One of the clients (the first to fail: with threads 'auto' on a busy machine a second
+      // engine thread may take some connections, and their failures need not come in order).
+      assert.ok(clients.map((p) => `${V4}:${p}`).includes(line[3]), `${line[3]} is a client: ${child.out}`);
       child.kill('SIGTERM');
       await child.waitClosed(10000);
       const refusedLines = child.lines.filter((l) => l.includes('refused the connection'));

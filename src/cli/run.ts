@@ -244,9 +244,10 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
       if (metricsServer)
         io.stdout.write(`portsplice: metrics on http://${metrics!.serverAddress(metricsServer)}/metrics\n`);
     }
-    if (!live) log(`started ${version}, pid ${process.pid}: ${statusLine()}`);
-    // Failures to reach a target, rate-limited (the live view shows them as errors).
+    // Failures to reach a target, rate-limited (the live view shows them as errors); from
+    // before the line that says the command is ready, so that none after it is missed.
     if (!live) stopFailureLog = logFailures(proxy, log);
+    if (!live) log(`started ${version}, pid ${process.pid}: ${statusLine()}`);
     notifier.ready(statusLine());
   } else {
     status.report(false, `stopped by ${signalled} while starting`);
