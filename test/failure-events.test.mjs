@@ -48,6 +48,27 @@ async function failingConnection(port) {
   return localPort;
 }
 
+/**
+ * A port on 127.0.0.1 that refuses connections, below the ephemeral range: a port freed by
+ * freePort() can be handed out again to the next listen on port 0, the proxy's own listener
+ * included, which then forwards to itself.
+ */
+async function closedPort() {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const refused = await new Promise((resolve) => {
+      const socket = net.connect({ port, host: V4 });
+      socket.on('connect', () => {
+        socket.destroy();
+        resolve(false);
+      });
+      socket.on('error', (error) => resolve(error.code === 'ECONNREFUSED'));
+    });
+    if (refused) return port;
+  }
+  throw new Error('no refusing port below 32000 in 50 tries');
+}
+
 /** Collects the proxy's batches; `events()` flattens them. */
 function subscribe(proxy) {
   const batches = [];
@@ -66,7 +87,7 @@ for (const engine of ENGINES) {
     test('a closed target port: refused events with the addresses, and the refused counter', async (t) => {
       const proxy = createProxy({ engine });
       t.after(() => safeClose(proxy));
-      const closed = await freePort();
+      const closed = await closedPort();
       const m = await addMapping(proxy, closed);
       const sub = subscribe(proxy);
       const clients = [];
@@ -101,7 +122,7 @@ for (const engine of ENGINES) {
     test('without a listener nothing is recorded; after off() neither', async (t) => {
       const proxy = createProxy({ engine });
       t.after(() => safeClose(proxy));
-      const m = await addMapping(proxy, await freePort());
+      const m = await addMapping(proxy, await closedPort());
       for (let i = 0; i < 5; i++) await failingConnection(m.listen.port);
       await waitFor(() => proxy.stats(m).connections.failed === 5, { what: 'the 5 failures counted' });
       const sub = subscribe(proxy);
@@ -283,7 +304,7 @@ describe('the portsplice command', () => {
     'logs a refused target once per window with the addresses, then the count of the rest',
     { timeout: 30000 },
     async () => {
-      const [listen, closed] = [await freePort(), await freePort()];
+      const [listen, closed] = [await freePort(), await closedPort()];
       const child = spawnChild(process.execPath, [CLI_PATH, '-p', `${V4}:${listen}:${V4}:${closed}`]);
       await child.waitLine(/started .* forwarding 1 mapping/, 10000);
       const clients = [];
