@@ -523,7 +523,8 @@ input.on('line', async (line) => {
   let result;
   let error;
   try {
-    if (cmd === 'stats') result = proxy.stats();
+    // A plain copy: the stats' own toJSON would turn the bigints into strings before json() saw them.
+    if (cmd === 'stats') result = structuredClone(proxy.stats());
     else if (cmd === 'remove') await proxy.remove(arg);
     else if (cmd === 'close') await proxy.close(arg);
     else throw new Error('unknown command ' + cmd);
