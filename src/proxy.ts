@@ -7,7 +7,7 @@ import { resolveMapping, validateCloseOptions, validateProxyOptions } from './co
 import { bindingError } from './binding.js';
 import { proxyClosedError, unknownMappingError } from './errors.js';
 import { EVENT_BATCH_MS, shapeEvent } from './events.js';
-import { shapeProxyStats, shapeStats } from './stats.js';
+import { shapeProxyStats, shapeStats, withToJSON } from './stats.js';
 import { SpliceBackend } from './splice-engine.js';
 import { StreamBackend } from './stream-engine.js';
 import type {
@@ -230,7 +230,7 @@ class ProxyImpl extends EventEmitter implements PortspliceProxy {
   }
 
   stats(): ProxyStats;
-  stats(mapping: Mapping | number): MappingStats;
+  stats(mapping: Mapping | number): MappingStats & { toJSON(): unknown };
   stats(mapping?: Mapping | number): ProxyStats | MappingStats {
     const counters = this.#backend.counters();
     if (mapping !== undefined) {
@@ -238,7 +238,7 @@ class ProxyImpl extends EventEmitter implements PortspliceProxy {
       const m = typeof id === 'number' ? this.#mappings.get(id) : undefined;
       const c = m && counters.get(m.id);
       if (!m || !c) throw unknownMappingError(id);
-      return shapeStats(m, c);
+      return withToJSON(shapeStats(m, c));
     }
     const mappings: MappingStats[] = [];
     for (const [id, m] of this.#mappings) {

@@ -170,8 +170,6 @@ export interface TcpMappingStats {
   bytes: ByteCounters;
   /** Failure events of this mapping dropped because the queue was full (see `EventBatch`). */
   events: { dropped: number };
-  /** The same object with the bigints as decimal strings, for `JSON.stringify()`. */
-  toJSON(): unknown;
 }
 
 export interface FlowCounters {
@@ -217,8 +215,6 @@ export interface UdpMappingStats {
   dropped: DropCounters;
   /** Payload bytes; `spliced` is always 0n for UDP. */
   bytes: ByteCounters;
-  /** The same object with the bigints as decimal strings, for `JSON.stringify()`. */
-  toJSON(): unknown;
 }
 
 export type MappingStats = TcpMappingStats | UdpMappingStats;
@@ -304,7 +300,7 @@ export interface PortspliceProxy {
    * The counters of one mapping (by object or id); throws an error with code
    * `ERR_UNKNOWN_MAPPING` when it is not on this proxy.
    */
-  stats(mapping: Mapping | number): MappingStats;
+  stats(mapping: Mapping | number): MappingStats & { toJSON(): unknown };
   /** The mappings listening now, in the order they were added (not those being removed). */
   mappings(): Mapping[];
   /**
