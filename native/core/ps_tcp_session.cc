@@ -318,9 +318,9 @@ void TcpSession::on_event(Watcher* watcher, uint32_t events) {
   if (state_ == State::kConnecting) {
     if (watcher->tag != kTarget) return;
     // A failed connect() is reported with EPOLLERR (sk_err is set) and EPOLLHUP, a completed
-    // one with EPOLLOUT alone: SO_ERROR need not be read.
+    // one with EPOLLOUT alone. SO_ERROR, read only on failure, says why: ECONNREFUSED for a
+    // RST, EHOSTUNREACH for an ICMP or a failed ARP, ETIMEDOUT after the kernel's SYN retries.
     if (events & (EPOLLERR | EPOLLHUP)) {
-      // The reason is in SO_ERROR (ECONNREFUSED for a RST, EHOSTUNREACH for an ICMP).
       int error = socket_error(watcher->fd);
       fail_connect(error < 0 ? error : -ECONNRESET);
     } else if (events & EPOLLOUT) {
