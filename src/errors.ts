@@ -9,7 +9,7 @@ import { getSystemErrorName } from 'node:util';
 export const ErrorCodes = Object.freeze({
   /** The proxy was closed before or while the call ran. */
   PROXY_CLOSED: 'ERR_PROXY_CLOSED',
-  /** `remove()` was given a mapping that is not active on this proxy. */
+  /** `remove()` or `stats()` was given a mapping that is not active on this proxy. */
   UNKNOWN_MAPPING: 'ERR_UNKNOWN_MAPPING',
   INVALID_ARG_TYPE: 'ERR_INVALID_ARG_TYPE',
   INVALID_ARG_VALUE: 'ERR_INVALID_ARG_VALUE',
