@@ -5,6 +5,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { RawBatch } from './events.js';
 
 /** A mapping as the native engine takes it: validated, with address literals only. */
 export interface NativeMappingSpec {
@@ -51,6 +52,10 @@ export interface NativeProxy {
   threads(): number;
   ref(): void;
   unref(): void;
+  /** With a function: record failure events and call it when some wait (once per take); null: stop. */
+  watchEvents(onEvents: (() => void) | null): void;
+  /** The events recorded since the last call, and how many the full queue dropped. */
+  takeEvents(): RawBatch;
 }
 
 export interface NativeBinding {

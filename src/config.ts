@@ -244,6 +244,30 @@ export function validateCloseOptions(options: unknown): number {
     : checkInteger(o.drainTimeoutMs, 'drainTimeoutMs', 0, 2 ** 31 - 1);
 }
 
+/**
+ * The options that mean something for one protocol only, and why: given on a mapping of the
+ * other protocol they would be silently ignored, so they are refused instead.
+ */
+const PROTO_ONLY: Readonly<Record<string, { proto: Proto; why: string }>> = {
+  connectTimeoutMs: { proto: 'tcp', why: 'UDP has no connection to wait for' },
+  backlog: { proto: 'tcp', why: 'a UDP socket has no accept queue' },
+  udpTimeoutMs: { proto: 'udp', why: 'TCP connections end with FIN or RST, not a timeout' },
+  udpMaxFlows: { proto: 'udp', why: 'TCP has connections, not flows' },
+};
+
+/** Refuses options of the other protocol (also used by the command for its config files). */
+export function checkAppliesTo(o: Record<string, unknown>, proto: Proto): void {
+  for (const [field, only] of Object.entries(PROTO_ONLY)) {
+    if (o[field] !== undefined && only.proto !== proto) {
+      fail(
+        TypeError,
+        'ERR_INVALID_ARG_VALUE',
+        `${field} applies to ${only.proto.toUpperCase()} mappings only, not to proto '${proto}' (${only.why})`,
+      );
+    }
+  }
+}
+
 /** Synchronous checks of a mapping's options; host names are resolved by `resolveMapping`. */
 export function validateMapping(options: unknown): ResolvedMapping {
   const o = checkObject(options, 'mapping');
@@ -272,7 +296,7 @@ export function validateMapping(options: unknown): ResolvedMapping {
     fail(TypeError, 'ERR_INVALID_ARG_TYPE', `ipv6Only must be a boolean, got ${describe(o.ipv6Only)}`);
   }
   if (target.host === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'target.host is required');
-  return {
+  const mapping: ResolvedMapping = {
     proto,
     listen: {
       host: listen.host === undefined ? '0.0.0.0' : checkHost(listen.host, 'listen.host'),
@@ -301,6 +325,9 @@ export function validateMapping(options: unknown): ResolvedMapping {
     proxyProtocol: checkProxyProtocol(o.proxyProtocol, proto),
     acceptProxyProtocol: checkAcceptProxyProtocol(o.acceptProxyProtocol, proto),
   };
+  // After the values, so that a bad value is named first whatever the protocol.
+  checkAppliesTo(o, proto);
+  return mapping;
 }
 
 /** Letters, digits and `_ . : / -`: safe as a Prometheus label value and in a log line. */

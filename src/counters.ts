@@ -9,7 +9,6 @@
 export const COUNTERS = [
   ['accepted', 'count', 'tcp'],
   ['active', 'count', 'tcp'],
-  ['failed', 'count', 'tcp'],
   ['toTarget', 'bytes', 'both'],
   ['toClient', 'bytes', 'both'],
   ['spliced', 'bytes', 'both'],
@@ -30,6 +29,12 @@ export const COUNTERS = [
   ['proxyHeadersSent', 'count', 'tcp'],
   ['proxyHeadersReceived', 'count', 'tcp'],
   ['proxyHeadersRejected', 'count', 'tcp'],
+  // Failed connects by reason (FAILURE_REASONS); `connections.failed` is their sum.
+  ['failedRefused', 'count', 'tcp'],
+  ['failedTimeout', 'count', 'tcp'],
+  ['failedUnreachable', 'count', 'tcp'],
+  ['failedOther', 'count', 'tcp'],
+  ['eventsDropped', 'count', 'tcp'],
 ] as const;
 
 type CounterDef = (typeof COUNTERS)[number];

@@ -1,9 +1,10 @@
 /**
- * The contract between the engine-independent `Proxy` and an engine. An engine moves bytes
+ * The contract between the engine-independent proxy (`PortspliceProxy`) and an engine. An engine moves bytes
  * and keeps counters; the proxy owns validation, mapping metadata, lifecycle and stats shape.
  */
 import type { ResolvedMapping } from './config.js';
 import type { RawCounters } from './counters.js';
+import type { RawBatch } from './events.js';
 
 export interface Engine {
   /** Binds and starts serving; resolves to the engine's id and the port actually bound. */
@@ -26,4 +27,11 @@ export interface Engine {
   setRef(ref: boolean): void;
   /** Native engine threads running now; 0 for an engine without any. */
   threads(): number;
+  /**
+   * Starts recording failure events (bounded: EVENT_QUEUE_CAPACITY between two takes), calling
+   * `notify` when one arrives in an empty queue; undefined stops recording and drops the queue.
+   */
+  watchEvents(notify: (() => void) | undefined): void;
+  /** The events recorded since the last take, and how many were dropped meanwhile. */
+  takeEvents(): RawBatch;
 }

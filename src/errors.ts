@@ -3,12 +3,13 @@
  * Option errors come from config.ts (`ERR_INVALID_ARG_*`, `ERR_OUT_OF_RANGE`), system errors
  * from the engines (`EADDRINUSE`, `EACCES`…, with `errno`, `syscall`, `address`, `port`).
  */
+import { getSystemErrorName } from 'node:util';
 
 /** The codes of the errors the library raises itself. */
 export const ErrorCodes = Object.freeze({
   /** The proxy was closed before or while the call ran. */
   PROXY_CLOSED: 'ERR_PROXY_CLOSED',
-  /** `remove()` was given a mapping that is not active on this proxy. */
+  /** `remove()` or `stats()` was given a mapping that is not active on this proxy. */
   UNKNOWN_MAPPING: 'ERR_UNKNOWN_MAPPING',
   INVALID_ARG_TYPE: 'ERR_INVALID_ARG_TYPE',
   INVALID_ARG_VALUE: 'ERR_INVALID_ARG_VALUE',
@@ -28,6 +29,13 @@ export interface PortspliceError extends Error {
   /** The address and port involved, where one applies. */
   address?: string;
   port?: number;
+}
+
+/** The errno name of a negative errno (`-111` -> `'ECONNREFUSED'`), or `'UNKNOWN'`. */
+export function errnoCode(errno: number): string {
+  // Node names what libuv knows and says "Unknown system error -N" for the rest.
+  const name = getSystemErrorName(errno);
+  return /^E[A-Z0-9]+$/.test(name) ? name : 'UNKNOWN';
 }
 
 /** True for an error with a string `code`, as every error the library raises has. */

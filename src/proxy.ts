@@ -6,7 +6,8 @@ import type { Engine } from './engine.js';
 import { resolveMapping, validateCloseOptions, validateProxyOptions } from './config.js';
 import { bindingError } from './binding.js';
 import { proxyClosedError, unknownMappingError } from './errors.js';
-import { shapeStats } from './stats.js';
+import { EVENT_BATCH_MS, shapeEvent } from './events.js';
+import { shapeProxyStats, shapeStats, withToJSON } from './stats.js';
 import { SpliceEngine } from './splice-engine.js';
 import { StreamEngine } from './stream-engine.js';
 import type {
@@ -16,10 +17,12 @@ import type {
   Mapping,
   MappingOptions,
   MappingStats,
-  Proxy,
+  PortspliceProxy,
+  ProxyEvent,
   ProxyOptions,
   ProxyStats,
 } from './types.js';
+import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** How often a drain looks at the connection counts. */
@@ -47,9 +50,9 @@ function defaultEngine(): EngineName {
 }
 
 /** Open proxies stay reachable until closed, as a listening net.Server does. */
-const openProxies = new Set<PortspliceProxy>();
+const openProxies = new Set<ProxyImpl>();
 
-class PortspliceProxy implements Proxy {
+class ProxyImpl extends EventEmitter implements PortspliceProxy {
   readonly engine: EngineName;
   #engine: Engine;
   #mappings = new Map<number, Mapping>();
@@ -59,8 +62,11 @@ class PortspliceProxy implements Proxy {
   #wantRef = true;
   #isRefed: boolean | undefined;
   #closing: Promise<DrainResult> | undefined;
+  /** The pending delivery of a batch of events, while some wait. */
+  #batchTimer: NodeJS.Timeout | undefined;
 
   constructor(options: ProxyOptions | undefined) {
+    super();
     // Validate first, so that bad options throw before any fallback warning.
     const validated = validateProxyOptions(options, 'splice');
     const resolved = options?.engine === undefined ? { ...validated, engine: defaultEngine() } : validated;
@@ -68,6 +74,42 @@ class PortspliceProxy implements Proxy {
     this.#engine = resolved.engine === 'splice' ? new SpliceEngine(resolved) : new StreamEngine();
     openProxies.add(this);
     this.#updateRef();
+    // The engine records events only while someone listens for them.
+    this.on('newListener', (name: string | symbol) => {
+      if (name === 'events' && this.listenerCount('events') === 0 && !this.closed)
+        this.#engine.watchEvents(() => this.#scheduleBatch());
+    });
+    this.on('removeListener', (name: string | symbol) => {
+      if (name === 'events' && this.listenerCount('events') === 0) this.#stopEvents();
+    });
+  }
+
+  /** Called by the engine when an event arrives in its empty queue. */
+  #scheduleBatch(): void {
+    if (this.#batchTimer !== undefined) return;
+    // A burst of failures is one batch; the engine keeps them (bounded) meanwhile.
+    this.#batchTimer = setTimeout(() => this.#deliverBatch(), EVENT_BATCH_MS);
+    this.#batchTimer.unref();
+  }
+
+  #deliverBatch(): void {
+    clearTimeout(this.#batchTimer);
+    this.#batchTimer = undefined;
+    if (this.listenerCount('events') === 0) return;
+    const raw = this.#engine.takeEvents();
+    const events: ProxyEvent[] = [];
+    for (const event of raw.events) {
+      // A mapping removed before its events were delivered has no addresses left to give.
+      const mapping = this.#mappings.get(event.mapping);
+      if (mapping) events.push(shapeEvent(event, mapping));
+    }
+    if (events.length > 0 || raw.dropped > 0) this.emit('events', { events, dropped: raw.dropped });
+  }
+
+  #stopEvents(): void {
+    clearTimeout(this.#batchTimer);
+    this.#batchTimer = undefined;
+    this.#engine.watchEvents(undefined);
   }
 
   get closed(): boolean {
@@ -149,6 +191,10 @@ class PortspliceProxy implements Proxy {
       }
       this.#closing = this.#drain([...this.#mappings.keys()], drainTimeoutMs)
         .then(async (reset) => {
+          // What the engine recorded up to now is still delivered (also what it has not yet
+          // announced: its notification may still be on its way), then recording stops.
+          this.#deliverBatch();
+          this.#stopEvents();
           this.#mappings.clear();
           await this.#engine.close();
           return { reset };
@@ -184,14 +230,31 @@ class PortspliceProxy implements Proxy {
     }
   }
 
-  stats(): ProxyStats {
+  stats(): ProxyStats;
+  stats(mapping: Mapping | number): MappingStats & { toJSON(): unknown };
+  stats(mapping?: Mapping | number): ProxyStats | MappingStats {
     const counters = this.#engine.counters();
+    if (mapping !== undefined) {
+      const id = typeof mapping === 'number' ? mapping : mapping?.id;
+      const m = typeof id === 'number' ? this.#mappings.get(id) : undefined;
+      const c = m && counters.get(m.id);
+      if (!m || !c) throw unknownMappingError(id);
+      return withToJSON(shapeStats(m, c));
+    }
     const mappings: MappingStats[] = [];
     for (const [id, m] of this.#mappings) {
       const c = counters.get(id);
       if (c) mappings.push(shapeStats(m, c));
     }
-    return { engine: this.engine, threads: this.#engine.threads(), mappings };
+    return shapeProxyStats(this.engine, this.#engine.threads(), mappings);
+  }
+
+  mappings(): Mapping[] {
+    return [...this.#mappings.values()].filter((m) => !this.#stopped.has(m.id));
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   ref(): this {
@@ -208,6 +271,6 @@ class PortspliceProxy implements Proxy {
 }
 
 /** Creates a proxy. Throws a TypeError or RangeError naming the field for bad options. */
-export function createProxy(options?: ProxyOptions): Proxy {
-  return new PortspliceProxy(options);
+export function createProxy(options?: ProxyOptions): PortspliceProxy {
+  return new ProxyImpl(options);
 }

@@ -6,8 +6,8 @@ import type { Engine } from './engine.js';
 import { checkNativeFields, COUNTERS, type RawCounters } from './counters.js';
 import { loadBinding, type NativeProxy } from './binding.js';
 import type { ResolvedMapping, ResolvedProxyOptions } from './config.js';
-import type { PortspliceError } from './errors.js';
-import { getSystemErrorName } from 'node:util';
+import { errnoCode, type PortspliceError } from './errors.js';
+import type { RawBatch } from './events.js';
 
 /** The error a native call throws: a Node-style system error. */
 type SystemError = Error & { code?: string; errno?: number; syscall?: string };
@@ -26,9 +26,7 @@ interface RequestContext {
  * call is not carried over), and the address and port where one applies.
  */
 export function engineError(errno: number, context: RequestContext): PortspliceError {
-  // Node names what libuv knows and says "Unknown system error -N" for the rest.
-  const name = getSystemErrorName(errno);
-  const code = /^E[A-Z0-9]+$/.test(name) ? name : 'UNKNOWN';
+  const code = errnoCode(errno);
   const where = context.address === undefined ? '' : ` ${context.address}:${context.port}`;
   return Object.assign(new Error(`${context.command} ${code}${where}`), {
     code,
@@ -137,6 +135,14 @@ export class SpliceEngine implements Engine {
 
   threads(): number {
     return this.#native.threads();
+  }
+
+  watchEvents(notify: (() => void) | undefined): void {
+    this.#native.watchEvents(notify ?? null);
+  }
+
+  takeEvents(): RawBatch {
+    return this.#native.takeEvents();
   }
 
   setRef(ref: boolean): void {

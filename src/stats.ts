@@ -3,7 +3,39 @@
  * test/counters.test.mjs checks that every counter of the mapping's protocol appears here.
  */
 import type { RawCounters } from './counters.js';
-import type { Mapping, MappingStats } from './types.js';
+import type { EngineName, Mapping, MappingStats, ProxyStats } from './types.js';
+
+/**
+ * A copy of `value` that JSON can carry: bigints (the byte counters) become decimal strings,
+ * which keep every digit where a number would not past 2^53. The stats' `toJSON`, and so the
+ * command's `--json` lines, use it.
+ */
+export function jsonSafe(value: unknown): unknown {
+  if (typeof value === 'bigint') return value.toString();
+  if (Array.isArray(value)) return value.map(jsonSafe);
+  if (value !== null && typeof value === 'object') {
+    // Own enumerable properties only: `toJSON` itself is not enumerable.
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, jsonSafe(v)]));
+  }
+  return value;
+}
+
+function toJSON(this: object): unknown {
+  return jsonSafe(this);
+}
+
+/**
+ * Adds a non-enumerable `toJSON` (so that `deepEqual`, spreads and structuredClone do not see
+ * it). Once per snapshot, not per mapping: defining a property costs about a microsecond,
+ * several times the shaping of a mapping's stats.
+ */
+export function withToJSON<T extends object>(value: T): T & { toJSON(): unknown } {
+  return Object.defineProperty(value, 'toJSON', { value: toJSON }) as T & { toJSON(): unknown };
+}
+
+export function shapeProxyStats(engine: EngineName, threads: number, mappings: MappingStats[]): ProxyStats {
+  return withToJSON({ engine, threads, mappings });
+}
 
 export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
   const common = {
@@ -14,10 +46,21 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
   };
   const bytes = { toTarget: c.toTarget, toClient: c.toClient, spliced: c.spliced, copied: c.copied };
   if (m.proto === 'tcp') {
+    const failedBy = {
+      refused: c.failedRefused,
+      timeout: c.failedTimeout,
+      unreachable: c.failedUnreachable,
+      other: c.failedOther,
+    };
     return {
       ...common,
-      proto: 'tcp',
-      connections: { accepted: c.accepted, active: c.active, failed: c.failed },
+      proto: 'tcp' as const,
+      connections: {
+        accepted: c.accepted,
+        active: c.active,
+        failed: failedBy.refused + failedBy.timeout + failedBy.unreachable + failedBy.other,
+        failedBy,
+      },
       proxyHeaders: {
         sent: c.proxyHeadersSent,
         received: c.proxyHeadersReceived,
@@ -25,6 +68,7 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
       },
       bytes,
       pipes: { inUse: c.pipes, fallbacks: c.pipeFallbacks },
+      events: { dropped: c.eventsDropped },
     };
   }
   const dropped = {
@@ -36,7 +80,7 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
   };
   return {
     ...common,
-    proto: 'udp',
+    proto: 'udp' as const,
     flows: {
       active: c.flowsActive,
       created: c.flowsCreated,

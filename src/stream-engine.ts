@@ -7,6 +7,7 @@ import type { Engine } from './engine.js';
 import { newCounters, type RawCounters } from './counters.js';
 import type { ResolvedMapping } from './config.js';
 import type { StreamMapping } from './stream-mapping.js';
+import { EventQueue, type RawBatch } from './events.js';
 import { StreamTcpMapping } from './stream-tcp.js';
 import { StreamUdpMapping } from './stream-udp.js';
 
@@ -17,6 +18,7 @@ export class StreamEngine implements Engine {
   /** add() calls still running, so that close() can wait for them. */
   #adding = new Set<Promise<unknown>>();
   #closing = false;
+  #events = new EventQueue();
 
   async add(spec: ResolvedMapping): Promise<{ id: number; port: number }> {
     const adding = this.#add(spec);
@@ -30,11 +32,14 @@ export class StreamEngine implements Engine {
 
   async #add(spec: ResolvedMapping): Promise<{ id: number; port: number }> {
     const counters = newCounters();
+    // The id is taken before binding, so that the mapping's events can carry it.
+    const id = this.#nextId++;
     const mapping: StreamMapping =
-      spec.proto === 'tcp' ? new StreamTcpMapping(spec, counters) : new StreamUdpMapping(spec, counters);
+      spec.proto === 'tcp'
+        ? new StreamTcpMapping(spec, counters, { queue: this.#events, mapping: id })
+        : new StreamUdpMapping(spec, counters);
     const port = await mapping.listen();
     mapping.setRef(this.#ref);
-    const id = this.#nextId++;
     this.#mappings.set(id, mapping);
     // close() began while this one was binding, and waits for it: take it down too.
     if (this.#closing) await this.remove(id);
@@ -66,6 +71,14 @@ export class StreamEngine implements Engine {
 
   threads(): number {
     return 0;
+  }
+
+  watchEvents(notify: (() => void) | undefined): void {
+    this.#events.watch(notify);
+  }
+
+  takeEvents(): RawBatch {
+    return this.#events.take();
   }
 
   setRef(ref: boolean): void {

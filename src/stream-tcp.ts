@@ -3,6 +3,7 @@
  * the target with the bytes pumped both ways through user space.
  */
 import net from 'node:net';
+import { constants as osConstants } from 'node:os';
 import type { RawCounters } from './counters.js';
 import type { ResolvedMapping } from './config.js';
 import {
@@ -13,6 +14,13 @@ import {
   proxyHeader,
 } from './proxy-protocol.js';
 import type { StreamMapping } from './stream-mapping.js';
+import { FAILURE_COUNTERS, failureReason, type EventQueue, type RawEvent } from './events.js';
+
+/** Where a mapping reports its failure events: the engine's queue, and the mapping's id. */
+export interface EventSink {
+  queue: EventQueue;
+  mapping: number;
+}
 
 /**
  * Resets a socket (RST), or closes it where Node cannot: libuv refuses to reset a socket
@@ -30,10 +38,12 @@ export class StreamTcpMapping implements StreamMapping {
   #server: net.Server;
   #sockets = new Set<net.Socket>();
   #ref = true;
+  #events: EventSink;
 
-  constructor(spec: ResolvedMapping, counters: RawCounters) {
+  constructor(spec: ResolvedMapping, counters: RawCounters, events: EventSink) {
     this.#spec = spec;
     this.counters = counters;
+    this.#events = events;
     // Node sets only the idle time; libuv fixes the interval (1 s) and the count (10).
     this.#server = net.createServer({
       allowHalfOpen: true,
@@ -48,12 +58,23 @@ export class StreamTcpMapping implements StreamMapping {
     });
   }
 
+  /** Queues an event when someone listens; one the full queue drops is counted. */
+  #report(event: Omit<RawEvent, 'time' | 'mapping'>): void {
+    const { queue, mapping } = this.#events;
+    if (queue.enabled && !queue.push({ ...event, mapping })) this.counters.eventsDropped++;
+  }
+
   listen(): Promise<number> {
     const { listen, backlog, ipv6Only } = this.#spec;
     return new Promise((resolve, reject) => {
       this.#server.once('error', reject);
       this.#server.listen({ host: listen.host, port: listen.port, backlog, ipv6Only }, () => {
         this.#server.off('error', reject);
+        // net.Server emits accept() failures as 'error' (libuv keeps a spare fd for EMFILE,
+        // so they are rare): reported, never thrown, as the splice engine's listener does.
+        this.#server.on('error', (error: NodeJS.ErrnoException) =>
+          this.#report({ kind: 'listenerError', errno: error.errno ?? -osConstants.errno.EIO }),
+        );
         resolve((this.#server.address() as net.AddressInfo).port);
       });
     });
@@ -167,7 +188,13 @@ export class StreamTcpMapping implements StreamMapping {
     target.on('close', () => closed(target));
 
     const timer = setTimeout(
-      () => target.destroy(new Error('connect timed out')),
+      () =>
+        target.destroy(
+          Object.assign(new Error('connect timed out'), {
+            code: 'ETIMEDOUT',
+            errno: -osConstants.errno.ETIMEDOUT,
+          }),
+        ),
       this.#spec.connectTimeoutMs,
     );
     timer.unref();
@@ -201,10 +228,21 @@ export class StreamTcpMapping implements StreamMapping {
 
     // A reset on one side resets the other, so truncation is never disguised as a clean end.
     client.on('error', () => reset(target));
-    target.on('error', () => {
+    target.on('error', (error: NodeJS.ErrnoException) => {
       if (!connected) {
         clearTimeout(timer);
-        counters.failed++;
+        const reason = failureReason(error.code);
+        counters[FAILURE_COUNTERS[reason]]++;
+        const peer =
+          client.remoteAddress === undefined
+            ? {}
+            : { client: { host: client.remoteAddress, port: client.remotePort! } };
+        this.#report({
+          kind: 'targetFailure',
+          reason,
+          errno: error.errno ?? -osConstants.errno.EIO,
+          ...peer,
+        });
       }
       reset(client);
     });

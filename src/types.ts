@@ -157,8 +157,25 @@ export interface ConnectionCounters {
   accepted: number;
   /** Connections open now (accepted and not yet closed). */
   active: number;
-  /** Connections whose target could not be reached (refused, unreachable, timed out). */
+  /** Connections whose target could not be reached: the sum of `failedBy`. */
   failed: number;
+  /** The same connections by reason. */
+  failedBy: FailureCounters;
+}
+
+/** Why a connection to the target failed. */
+export type FailureReason = 'refused' | 'timeout' | 'unreachable' | 'other';
+
+/** Failed connections to the target, by reason. */
+export interface FailureCounters {
+  /** The target's port is closed: it answered the SYN with a reset (ECONNREFUSED). */
+  refused: number;
+  /** No answer within `connectTimeoutMs`, or the kernel gave up on its SYN retries (ETIMEDOUT). */
+  timeout: number;
+  /** No route to the target, or an ICMP host/network unreachable (EHOSTUNREACH, ENETUNREACH). */
+  unreachable: number;
+  /** Anything else (out of file descriptors, EADDRNOTAVAIL, ...). */
+  other: number;
 }
 
 /** PROXY protocol headers of a TCP mapping (all 0 unless it has the options). */
@@ -197,6 +214,8 @@ export interface TcpMappingStats {
   connections: ConnectionCounters;
   proxyHeaders: ProxyHeaderCounters;
   bytes: ByteCounters;
+  /** Failure events of this mapping dropped because the queue was full (see `EventBatch`). */
+  events: { dropped: number };
   /** Splice engine: its pipes (always 0 for the stream engine, which has none). */
   pipes: PipeCounters;
 }
@@ -265,9 +284,55 @@ export interface ProxyStats {
   /** Native engine threads running now (the splice engine; 0 for the stream engine). */
   threads: number;
   mappings: MappingStats[];
+  /** The same object with the bigints as decimal strings, for `JSON.stringify()`. */
+  toJSON(): unknown;
 }
 
-export interface Proxy {
+/**
+ * A connection the proxy accepted and could not forward: the connect to the target failed.
+ * Reported for TCP mappings (a UDP target's refusals are counted in `dropped.refused`).
+ */
+export interface TargetFailureEvent {
+  type: 'targetFailure';
+  /** The mapping's id (see `proxy.mappings()`). */
+  mapping: number;
+  reason: FailureReason;
+  /** The errno name: `'ECONNREFUSED'`, `'ETIMEDOUT'`, `'EHOSTUNREACH'`, `'EMFILE'`... */
+  code: string;
+  /** The errno, negative as in Node. */
+  errno: number;
+  /** The client's address; absent when the client had already gone. */
+  client?: Endpoint;
+  listen: Endpoint;
+  target: Endpoint;
+  /** When it happened, in milliseconds since the epoch. */
+  time: number;
+}
+
+/** `accept()` failed on a mapping's listener (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`): it pauses for 100 ms. */
+export interface ListenerErrorEvent {
+  type: 'listenerError';
+  mapping: number;
+  code: string;
+  errno: number;
+  listen: Endpoint;
+  time: number;
+}
+
+export type ProxyEvent = TargetFailureEvent | ListenerErrorEvent;
+
+/**
+ * What the `'events'` listeners receive: the events since the last batch, at most one batch
+ * every 50 ms. The engine keeps at most 1024 events between two batches; beyond that they are
+ * dropped (the newest ones), counted here and in each mapping's `events.dropped`.
+ */
+export interface EventBatch {
+  events: ProxyEvent[];
+  /** Events dropped since the last batch because the queue was full. */
+  dropped: number;
+}
+
+export interface PortspliceProxy {
   /** The engine this proxy runs on. */
   readonly engine: EngineName;
   /** True once `close()` has been called. */
@@ -291,8 +356,31 @@ export interface Proxy {
   close(options?: CloseOptions): Promise<DrainResult>;
   /** A synchronous snapshot of the counters; reading it never stops the data path. */
   stats(): ProxyStats;
+  /**
+   * The counters of one mapping (by object or id); throws an error with code
+   * `ERR_UNKNOWN_MAPPING` when it is not on this proxy.
+   */
+  stats(mapping: Mapping | number): MappingStats & { toJSON(): unknown };
+  /** The mappings listening now, in the order they were added (not those being removed). */
+  mappings(): Mapping[];
+  /**
+   * Failure events, in batches (see `EventBatch`). Recording them starts with the first
+   * `'events'` listener and stops with the last one removed: without a listener the engine
+   * does no work for them at all.
+   */
+  on(event: 'events', listener: (batch: EventBatch) => void): this;
+  once(event: 'events', listener: (batch: EventBatch) => void): this;
+  off(event: 'events', listener: (batch: EventBatch) => void): this;
+  /** `close()`, for `await using proxy = createProxy()`. */
+  [Symbol.asyncDispose](): Promise<void>;
   /** Keep the process alive while mappings exist (the default), like `net.Server.ref()`. */
   ref(): this;
   /** Let the process exit even though mappings exist, like `net.Server.unref()`. */
   unref(): this;
 }
+
+/**
+ * @deprecated Use `PortspliceProxy`: this name shadows JavaScript's global `Proxy` in the
+ * files that import it.
+ */
+export type Proxy = PortspliceProxy;

@@ -13,46 +13,15 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 
 import { DIST_URL } from './helpers.mjs';
-import { spawnChild, killChildren } from './fault-helpers.mjs';
+import { killChildren, namespaceSkipReason, spawnInNamespace } from './fault-helpers.mjs';
 
 after(killChildren);
 
 const CONNECTIONS = 12000;
 const SLICE = 2000;
 const PORTS = '40000 41999';
-
-/**
- * Runs `script` (an ES module, with `args`) in a network namespace of its own (`unshare -n`)
- * with loopback up and the given sysctls, e.g. ['net.ipv4.tcp_tw_reuse=0'].
- */
-function spawnInNamespace(sysctls, script, args = []) {
-  const setup = ['ip link set lo up', ...sysctls.map((s) => `sysctl -qw ${s}`), 'exec "$@"'].join(' && ');
-  return spawnChild('unshare', [
-    '-n',
-    'sh',
-    '-c',
-    setup,
-    'sh',
-    process.execPath,
-    '--input-type=module',
-    '-e',
-    script,
-    ...args.map(String),
-  ]);
-}
-
-function skipReason() {
-  if (process.getuid?.() !== 0) return 'needs root, for a network namespace of its own';
-  try {
-    execFileSync('unshare', ['-n', 'true'], { stdio: 'ignore' });
-    return null;
-  } catch {
-    return 'unshare -n is not available';
-  }
-}
 
 // In the namespace: an echo server that closes when the client does, the splice engine in
 // front of it, and CONNECTIONS sequential connections that each send, read and close first.
@@ -104,7 +73,7 @@ neighbour.close();
 
 test(
   `${CONNECTIONS} sequential client-closes-first connections over ${PORTS.replace(' ', '-')}, tcp_tw_reuse=0`,
-  { skip: skipReason() ?? false, timeout: 180000 },
+  { skip: namespaceSkipReason() ?? false, timeout: 180000 },
   async (t) => {
     const child = spawnInNamespace(
       ['net.ipv4.tcp_tw_reuse=0', `net.ipv4.ip_local_port_range="${PORTS}"`],
@@ -177,7 +146,7 @@ for (const s of [server, ...others]) s.close();
 
 test(
   'ports with listeners are skipped; with every port taken the client is reset at once',
-  { skip: skipReason() ?? false, timeout: 60000 },
+  { skip: namespaceSkipReason() ?? false, timeout: 60000 },
   async () => {
     const child = spawnInNamespace(['net.ipv4.ip_local_port_range="40000 40009"'], EDGES);
     const result = JSON.parse((await child.waitLine(/^RESULT (.*)$/, 50000))[1]);

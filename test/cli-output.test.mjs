@@ -35,10 +35,16 @@ function tcpStats(
     proto: 'tcp',
     listen: { host: '127.0.0.1', port },
     target: { host: '10.0.0.2', port: 80 },
-    connections: { accepted, active, failed },
+    connections: {
+      accepted,
+      active,
+      failed,
+      failedBy: { refused: failed, timeout: 0, unreachable: 0, other: 0 },
+    },
     proxyHeaders: { sent: 0, received: 0, rejected: 0 },
     bytes: { toTarget, toClient, spliced: toTarget + toClient, copied: 0n },
     pipes: { inUse: 0, fallbacks: 0 },
+    events: { dropped: 0 },
   };
 }
 
@@ -328,7 +334,8 @@ describe('metrics', () => {
     const udp = 'mapping="dns"';
     has(`portsplice_connections_accepted_total{${tcp}} 3`);
     has(`portsplice_connections_active{${tcp}} 1`);
-    has(`portsplice_connections_failed_total{${tcp}} 1`);
+    has(`portsplice_connections_failed_total{${tcp},reason="refused"} 1`);
+    has(`portsplice_connections_failed_total{${tcp},reason="timeout"} 0`);
     has(`portsplice_bytes_total{${tcp},direction="to_target"} ${2 ** 40}`);
     has(`portsplice_bytes_total{${tcp},direction="to_client"} 5`);
     has(`portsplice_spliced_bytes_total{${tcp}} ${2 ** 40 + 5}`);

@@ -6,6 +6,7 @@
 // set of children is empty until a test spawns one). Every child is tracked; call
 // `killChildren()` in an `after` hook.
 
+import { execFileSync } from 'node:child_process';
 import { readFileSync, readSync, readdirSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -369,7 +370,8 @@ input.on('line', async (line) => {
   let result;
   let error;
   try {
-    if (cmd === 'stats') result = proxy.stats();
+    // A plain copy: the stats' own toJSON would turn the bigints into strings before json() saw them.
+    if (cmd === 'stats') result = structuredClone(proxy.stats());
     else if (cmd === 'remove') await proxy.remove(arg);
     else if (cmd === 'close') await proxy.close(arg);
     else throw new Error('unknown command ' + cmd);
@@ -466,5 +468,38 @@ export async function startBinary(binaryPath, containerPort, { ulimitFds } = {})
     throw new Error(
       `portsplice-docker-proxy did not start: status ${JSON.stringify(child.status)}; ${child.describe()}`,
     );
+  }
+}
+
+/**
+ * Runs `script` (an ES module, with `args`) in a network namespace of its own (`unshare -n`:
+ * unnamed, gone when its last process exits, on every exit path) with loopback up, the given
+ * sysctls (e.g. ['net.ipv4.tcp_tw_reuse=0']) and then the `setup` shell commands
+ * (e.g. ['ip route add unreachable 198.18.0.0/24']).
+ */
+export function spawnInNamespace(sysctls, script, args = [], { setup = [] } = {}) {
+  const commands = ['ip link set lo up', ...sysctls.map((s) => `sysctl -qw ${s}`), ...setup, 'exec "$@"'];
+  return spawnChild('unshare', [
+    '-n',
+    'sh',
+    '-c',
+    commands.join(' && '),
+    'sh',
+    process.execPath,
+    '--input-type=module',
+    '-e',
+    script,
+    ...args.map(String),
+  ]);
+}
+
+/** Why spawnInNamespace cannot run here, or null. */
+export function namespaceSkipReason() {
+  if (process.getuid?.() !== 0) return 'needs root, for a network namespace of its own';
+  try {
+    execFileSync('unshare', ['-n', 'true'], { stdio: 'ignore' });
+    return null;
+  } catch {
+    return 'unshare -n is not available';
   }
 }

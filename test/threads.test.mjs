@@ -246,7 +246,12 @@ describe("threads: 'auto'", () => {
     }
     assert.deepEqual(
       st.connections,
-      { accepted: streams, active: 0, failed: 0 },
+      {
+        accepted: streams,
+        active: 0,
+        failed: 0,
+        failedBy: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
+      },
       'connection counters summed over threads',
     );
     assert.equal(st.bytes.toTarget, sent);

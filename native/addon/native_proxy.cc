@@ -1,5 +1,8 @@
 #include "native_proxy.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <string>
 #include <vector>
 
@@ -45,6 +48,8 @@ Napi::Function NativeProxy::Define(Napi::Env env) {
                          InstanceMethod<&NativeProxy::Threads>("threads"),
                          InstanceMethod<&NativeProxy::Ref>("ref"),
                          InstanceMethod<&NativeProxy::Unref>("unref"),
+                         InstanceMethod<&NativeProxy::WatchEvents>("watchEvents"),
+                         InstanceMethod<&NativeProxy::TakeEvents>("takeEvents"),
                      });
 }
 
@@ -110,6 +115,8 @@ void NativeProxy::ShutdownNow() {
   // pass of their loops.
   engine_.stop(ps::kNoRequest);
   engine_.join();
+  // No thread is left to push: drop the notifier's copy of the queue before releasing it.
+  engine_.events().disable();
   ReleaseCompletions();
 }
 
@@ -118,6 +125,10 @@ void NativeProxy::DeliverCompletion(Napi::Env env, Napi::Function callback, Nati
   if (env == nullptr) return;  // The environment is being torn down.
   if (completion->request == ps::kOwnerStopRequest) {
     self->FinishClose(env);
+    return;
+  }
+  if (completion->request == ps::kEventsReady) {
+    if (!self->on_events_.IsEmpty()) self->on_events_.Call({});
     return;
   }
   callback.Call(
@@ -319,6 +330,89 @@ Napi::Value NativeProxy::Ref(const Napi::CallbackInfo& info) {
 Napi::Value NativeProxy::Unref(const Napi::CallbackInfo& info) {
   if (!completions_released_) completions_.Unref(info.Env());
   return info.Env().Undefined();
+}
+
+// watchEvents(onEvents | null): with a function, the engine records failure events and
+// calls onEvents() (on this thread, at most once between two takeEvents()) when some are
+// waiting; with null it stops recording them and drops what is queued.
+Napi::Value NativeProxy::WatchEvents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !(info[0].IsFunction() || info[0].IsNull())) {
+    ThrowTypeError(env, "watchEvents(onEvents | null)");
+    return env.Undefined();
+  }
+  if (info[0].IsNull() || completions_released_) {
+    engine_.events().disable();
+    on_events_.Reset();
+    return env.Undefined();
+  }
+  on_events_ = Napi::Persistent(info[0].As<Napi::Function>());
+  Completions tsfn = completions_;
+  engine_.events().enable([tsfn]() {
+    auto* completion = new Completion{ps::kEventsReady, 0};
+    if (tsfn.NonBlockingCall(completion) != napi_ok) delete completion;
+  });
+  return env.Undefined();
+}
+
+namespace {
+
+const char* ReasonName(ps::FailReason reason) {
+  switch (reason) {
+    case ps::FailReason::kRefused:
+      return "refused";
+    case ps::FailReason::kTimeout:
+      return "timeout";
+    case ps::FailReason::kUnreachable:
+      return "unreachable";
+    case ps::FailReason::kOther:
+      break;
+  }
+  return "other";
+}
+
+// Sets `host` and `port` from an IPv4 or IPv6 address; nothing for an empty one.
+void SetAddress(Napi::Object object, const ps::SocketAddress& address) {
+  char text[INET6_ADDRSTRLEN] = "";
+  const void* raw = nullptr;
+  if (address.length > 0 && address.family() == AF_INET) {
+    raw = &reinterpret_cast<const sockaddr_in*>(address.get())->sin_addr;
+  } else if (address.length > 0 && address.family() == AF_INET6) {
+    raw = &reinterpret_cast<const sockaddr_in6*>(address.get())->sin6_addr;
+  }
+  if (raw == nullptr || inet_ntop(address.family(), raw, text, sizeof text) == nullptr) return;
+  object.Set("host", Napi::String::New(object.Env(), text));
+  object.Set("port", Napi::Number::New(object.Env(), address.port()));
+}
+
+}  // namespace
+
+// takeEvents(): { events: [{ kind, mapping, reason, errno, time, client? }], dropped }.
+Napi::Value NativeProxy::TakeEvents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<ps::Event> events;
+  uint64_t dropped = engine_.events().take(&events);
+  Napi::Array list = Napi::Array::New(env, events.size());
+  for (size_t i = 0; i < events.size(); i++) {
+    const ps::Event& e = events[i];
+    Napi::Object object = Napi::Object::New(env);
+    bool target = e.kind == ps::EventKind::kTargetFailure;
+    object.Set("kind", Napi::String::New(env, target ? "targetFailure" : "listenerError"));
+    object.Set("mapping", Napi::Number::New(env, e.mapping));
+    if (target) object.Set("reason", Napi::String::New(env, ReasonName(e.reason)));
+    object.Set("errno", Napi::Number::New(env, e.error));
+    object.Set("time", Napi::Number::New(env, static_cast<double>(e.time_ms)));
+    if (target && e.client.length > 0) {
+      Napi::Object client = Napi::Object::New(env);
+      SetAddress(client, e.client);
+      object.Set("client", client);
+    }
+    list.Set(static_cast<uint32_t>(i), object);
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("events", list);
+  result.Set("dropped", Napi::Number::New(env, static_cast<double>(dropped)));
+  return result;
 }
 
 }  // namespace portsplice

@@ -35,6 +35,8 @@ class NativeProxy : public Napi::ObjectWrap<NativeProxy> {
   Napi::Value Threads(const Napi::CallbackInfo& info);
   Napi::Value Ref(const Napi::CallbackInfo& info);
   Napi::Value Unref(const Napi::CallbackInfo& info);
+  Napi::Value WatchEvents(const Napi::CallbackInfo& info);
+  Napi::Value TakeEvents(const Napi::CallbackInfo& info);
 
   // Runs on the JavaScript thread for every completion a worker posted, and with a null
   // env for each one still queued when the environment tears the queue down: it always
@@ -57,6 +59,8 @@ class NativeProxy : public Napi::ObjectWrap<NativeProxy> {
   bool completions_released_ = false;
   bool cleanup_hook_registered_ = false;
   std::unique_ptr<Napi::Promise::Deferred> close_deferred_;
+  // watchEvents(onEvents): called (through completions_) when failure events are waiting.
+  Napi::FunctionReference on_events_;
 };
 
 }  // namespace portsplice

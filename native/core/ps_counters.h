@@ -28,7 +28,6 @@ class Counter {
   /* TCP. */                                                                                 \
   X(accepted, "accepted") /* Client connections accepted. */                                 \
   X(active, "active")     /* Connections open now. */                                        \
-  X(failed, "failed")     /* Connections whose target could not be reached. */               \
   /* Both protocols. */                                                                      \
   X(to_target, "toTarget") /* Bytes written to the target. */                                \
   X(to_client, "toClient") /* Bytes written to the client. */                                \
@@ -52,7 +51,14 @@ class Counter {
   /* TCP, proxyProtocol. */                                                                  \
   X(proxy_headers_sent, "proxyHeadersSent")         /* PROXY protocol headers sent whole. */ \
   X(proxy_headers_received, "proxyHeadersReceived") /* Valid headers read from clients. */   \
-  X(proxy_headers_rejected, "proxyHeadersRejected") /* Bad, oversized or too late. */
+  X(proxy_headers_rejected, "proxyHeadersRejected") /* Bad, oversized or too late. */        \
+  /* TCP: connections whose target could not be reached, by reason (ps_events.h's */         \
+  /* fail_reason); their sum is the mapping's `failed`. */                                   \
+  X(failed_refused, "failedRefused")         /* ECONNREFUSED. */                             \
+  X(failed_timeout, "failedTimeout")         /* connectTimeoutMs or ETIMEDOUT. */            \
+  X(failed_unreachable, "failedUnreachable") /* EHOSTUNREACH, ENETUNREACH. */                \
+  X(failed_other, "failedOther")             /* Any other error (EMFILE, ...). */            \
+  X(events_dropped, "eventsDropped")         /* Failure events the full queue dropped. */
 
 struct alignas(64) ThreadCounters {
 #define PS_COUNTER_MEMBER(member, name) Counter member;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ps_error.h"
+#include "ps_events.h"
 #include "ps_mapping.h"
 #include "ps_worker.h"
 
@@ -77,6 +78,9 @@ class Engine {
   // On the controlling thread.
   bool running() const { return started_ && !stopping_; }
 
+  // Failure events, off until the controlling thread enables them. Any thread.
+  EventQueue& events() { return events_; }
+
  private:
   // The part of add() and add_socket() after the socket is listening (or bound, for UDP).
   Error serve_socket(UniqueFd fd, const MappingConfig& config, uint64_t request, uint32_t* id, uint16_t* port);
@@ -92,6 +96,7 @@ class Engine {
   // With mutex_ held.
   void broadcast(Command::Kind kind, const std::shared_ptr<Mapping>& mapping, uint32_t id, uint64_t request);
 
+  EventQueue events_;  // Before workers_: outlives them.
   EngineOptions options_;
   int max_threads_ = 1;
   CompletionFn on_complete_;

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "ps_events.h"
 #include "ps_worker_context.h"
 
 namespace ps {
@@ -318,7 +319,9 @@ int TcpSession::connect() {
   // The client socket has TCP_NODELAY and keep-alive from the listener (set_tcp_options).
   int rc = connect_target(mapping_->config(), &target_);
   if (rc < 0) {
-    fail_connect();
+    // An `unreachable` route fails connect() at once with EHOSTUNREACH, no route with
+    // ENETUNREACH; EMFILE and the like are returned too, for the caller to pause on.
+    fail_connect(rc);
     return rc;
   }
   target_watcher_.fd = target_.get();
@@ -328,7 +331,7 @@ int TcpSession::connect() {
   }
   if (worker_->loop().watch(&target_watcher_, EPOLLOUT) < 0) {
     int error = -errno;
-    fail_connect();
+    fail_connect(error);
     return error;
   }
   connect_deadline_ = worker_->now_ms() + mapping_->config().connect_timeout_ms;
@@ -339,15 +342,41 @@ int TcpSession::connect() {
 void TcpSession::on_connect_timeout() {
   // A PROXY header still unsent by then counts as a connect that did not complete.
   if (state_ == State::kConnecting || state_ == State::kSendingHeader) {
-    fail_connect();
+    fail_connect(-ETIMEDOUT);
   } else if (state_ == State::kAwaitHeader) {
     counters_->proxy_headers_rejected.add(1);  // No complete header in time.
     finish(true);
   }
 }
 
-void TcpSession::fail_connect() {
-  counters_->failed.add(1);
+void TcpSession::fail_connect(int error) {
+  FailReason reason = fail_reason(error);
+  switch (reason) {
+    case FailReason::kRefused:
+      counters_->failed_refused.add(1);
+      break;
+    case FailReason::kTimeout:
+      counters_->failed_timeout.add(1);
+      break;
+    case FailReason::kUnreachable:
+      counters_->failed_unreachable.add(1);
+      break;
+    case FailReason::kOther:
+      counters_->failed_other.add(1);
+      break;
+  }
+  EventQueue* events = worker_->events();
+  if (events != nullptr && events->enabled()) {
+    Event event;
+    event.kind = EventKind::kTargetFailure;
+    event.reason = reason;
+    event.mapping = mapping_->id();
+    event.error = error;
+    // Read only here, on the failure path: accept4() does not ask for the address.
+    event.client.length = sizeof event.client.storage;
+    if (getpeername(client_.get(), event.client.get(), &event.client.length) < 0) event.client.length = 0;
+    if (!events->push(event)) counters_->events_dropped.add(1);
+  }
   finish(true);
 }
 
@@ -457,9 +486,11 @@ void TcpSession::on_event(Watcher* watcher, uint32_t events) {
   if (state_ == State::kConnecting) {
     if (watcher->tag != kTarget) return;
     // A failed connect() is reported with EPOLLERR (sk_err is set) and EPOLLHUP, a completed
-    // one with EPOLLOUT alone: SO_ERROR need not be read.
+    // one with EPOLLOUT alone. SO_ERROR, read only on failure, says why: ECONNREFUSED for a
+    // RST, EHOSTUNREACH for an ICMP or a failed ARP, ETIMEDOUT after the kernel's SYN retries.
     if (events & (EPOLLERR | EPOLLHUP)) {
-      fail_connect();
+      int error = socket_error(watcher->fd);
+      fail_connect(error < 0 ? error : -ECONNRESET);
     } else if (events & EPOLLOUT) {
       on_connected();
     }

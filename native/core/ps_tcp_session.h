@@ -101,7 +101,9 @@ class TcpSession final : public EventHandler {
   bool send_proxy_header();
   bool flush_proxy_header();
   void start_forwarding();
-  void fail_connect();
+  // Counts the failure under its reason (and reports it when events are on), then resets
+  // the client. `error`: a negative errno.
+  void fail_connect(int error);
   void finish(bool reset);
 
   WorkerContext* worker_;

@@ -56,7 +56,9 @@ Worker::Worker(int index, const EngineOptions& options, const CompletionFn* on_c
     : WorkerContext(index, options.pipe_size, options.max_pipes, options.max_idle_pipes, kMaxIdleBuffers),
       on_complete_(on_complete),
       engine_(engine),
-      busy_permille_(options.busy_permille) {}
+      busy_permille_(options.busy_permille) {
+  events_ = engine != nullptr ? &engine->events() : nullptr;
+}
 
 Worker::~Worker() {
   join();
@@ -352,7 +354,10 @@ void Worker::accept_connections(Listener* listener) {
       int error = errno;
       // The connection died in the queue, or a signal: try the next one.
       if (error == EINTR || error == ECONNABORTED || error == EPROTO) continue;
-      if (error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM) pause_listener(listener);
+      if (error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM) {
+        report_listener_error(listener, -error);
+        pause_listener(listener);
+      }
       return;  // EAGAIN: the queue is empty.
     }
     UniqueFd client(fd);
@@ -368,6 +373,17 @@ void Worker::accept_connections(Listener* listener) {
       return;
     }
   }
+}
+
+void Worker::report_listener_error(Listener* listener, int error) {
+  EventQueue& events = engine_->events();
+  if (!events.enabled()) return;
+  Event event;
+  event.kind = EventKind::kListenerError;
+  event.mapping = listener->mapping->id();
+  event.error = error;
+  // The listener pauses for kAcceptPauseMs after this: at most one event per pause.
+  if (!events.push(event)) listener->mapping->counters(index_).events_dropped.add(1);
 }
 
 void Worker::pause_listener(Listener* listener) {

@@ -70,11 +70,14 @@ using CompletionFn = std::function<void(uint64_t request, int result)>;
 //   still runs and must ignore it.
 // - kOwnerStopRequest: the embedder's own stop (the addon's close(), the binary's exit on
 //   a signal), which it handles itself rather than passing it on.
+// - kEventsReady: never a command; the addon's own completion saying that failure events
+//   wait in the engine's EventQueue (ps_events.h).
 // Relayed ids are the ones between (the addon refuses the reserved ones from JavaScript,
 // whose ids count up from kFirstRequest).
 constexpr uint64_t kNoRequest = 0;
 constexpr uint64_t kFirstRequest = 1;
 constexpr uint64_t kOwnerStopRequest = UINT64_MAX;
+constexpr uint64_t kEventsReady = UINT64_MAX - 1;
 
 class Engine;
 
@@ -131,6 +134,8 @@ class Worker final : public EventHandler, public WorkerContext {
   void run_timers();
   void accept_connections(Listener* listener);
   void pause_listener(Listener* listener);
+  // Reports an accept() failure (a negative errno) as a listener event, when events are on.
+  void report_listener_error(Listener* listener, int error);
   void remove_mapping(uint32_t mapping_id);
   void stop();
   void stop_listening(uint32_t mapping_id);

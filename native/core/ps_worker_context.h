@@ -22,6 +22,7 @@
 
 namespace ps {
 
+class EventQueue;
 class TcpSession;
 struct UdpBatch;
 
@@ -50,6 +51,9 @@ class WorkerContext {
   // Scratch space for UDP batches, made when the first UDP mapping arrives: never null in a
   // UdpForwarder that has started.
   UdpBatch* udp_batch() { return udp_batch_.get(); }
+  // The engine's failure events (any thread may push; off until enabled), or null for a
+  // worker that runs without an engine.
+  EventQueue* events() const { return events_; }
 
  protected:
   WorkerContext(int index, size_t pipe_size, size_t max_pipes, size_t max_idle_pipes, size_t max_idle_buffers);
@@ -64,6 +68,7 @@ class WorkerContext {
   std::unique_ptr<UdpBatch> udp_batch_;
   List<TcpSession> connecting_;         // Sessions waiting for connect(), by deadline.
   std::vector<EventHandler*> retired_;  // Freed after the current batch of events.
+  EventQueue* events_ = nullptr;
 };
 
 }  // namespace ps

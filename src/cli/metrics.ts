@@ -22,7 +22,14 @@ import {
   type OpenMetricsContentType,
   type PrometheusContentType,
 } from 'prom-client';
-import type { MappingStats, Proto, Proxy, ProxyStats, TcpMappingStats, UdpMappingStats } from '../types.js';
+import type {
+  MappingStats,
+  Proto,
+  PortspliceProxy,
+  ProxyStats,
+  TcpMappingStats,
+  UdpMappingStats,
+} from '../types.js';
 import { formatEndpoint } from './endpoint.js';
 import { endpointRange, mappingLabel } from './groups.js';
 
@@ -60,10 +67,11 @@ const METRICS: MetricDef[] = [
   },
   {
     name: 'portsplice_connections_failed_total',
-    help: 'TCP connections whose target could not be reached (refused, unreachable, timed out).',
+    help: 'TCP connections whose target could not be reached, by reason (refused, timeout, unreachable, other).',
     type: 'counter',
     proto: 'tcp',
-    samples: (m) => [[{}, tcp(m).connections.failed]],
+    extra: ['reason'],
+    samples: (m) => Object.entries(tcp(m).connections.failedBy).map(([reason, n]): Sample => [{ reason }, n]),
   },
   {
     name: 'portsplice_proxy_headers_sent_total',
@@ -178,6 +186,13 @@ const METRICS: MetricDef[] = [
     proto: 'tcp',
     samples: (m) => [[{}, tcp(m).pipes.fallbacks]],
   },
+  {
+    name: 'portsplice_events_dropped_total',
+    help: 'Failure events dropped because nobody read them in time (the library queue keeps 1024).',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).events.dropped]],
+  },
 ];
 
 /** What `/healthz` answers: 200 with `ok`, else 503; `text` is the body's one line. */
@@ -244,7 +259,11 @@ function collectProcessMetrics(registry: object): void {
 }
 
 /** A registry with portsplice's metrics and the process metrics. */
-export function createMetrics(proxy: Proxy, version: string, options: MetricsOptions = {}): Metrics {
+export function createMetrics(
+  proxy: PortspliceProxy,
+  version: string,
+  options: MetricsOptions = {},
+): Metrics {
   const label = options.label ?? mappingLabel;
   // Set for the duration of a scrape, so that every metric reads the same snapshot.
   let snapshot: { stats: ProxyStats; groups: Map<string, Group> } | undefined;

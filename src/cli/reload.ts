@@ -6,7 +6,7 @@
  * running config stays as it was.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Mapping, Proxy } from '../types.js';
+import type { Mapping, PortspliceProxy } from '../types.js';
 import { describeSpec, type MappingSpec } from './spec.js';
 
 /** Tries of a new mapping on the port of one being removed (see openMapping). */
@@ -68,7 +68,7 @@ function takesOverFrom(removed: readonly LiveMapping[], spec: MappingSpec): bool
  * up to TAKEOVER_TRIES * TAKEOVER_WAIT_MS.
  */
 async function openMapping(
-  proxy: Proxy,
+  proxy: PortspliceProxy,
   options: MappingSpec['options'],
   takesOver: boolean,
 ): Promise<Mapping> {
@@ -92,7 +92,7 @@ const code = (err: unknown) => (err as NodeJS.ErrnoException).code ?? '';
  * tried. Without IPv6 on the host the spec listens on IPv4 only, and `note` says so.
  */
 export async function openSpec(
-  proxy: Proxy,
+  proxy: PortspliceProxy,
   spec: MappingSpec,
   takesOver: boolean,
   note: (line: string) => void = () => {},
@@ -139,7 +139,7 @@ export interface ReloadOutcome {
  * rejects (with the live set unchanged in effect) when a new mapping cannot open.
  */
 export async function applyMappings(
-  proxy: Proxy,
+  proxy: PortspliceProxy,
   live: readonly LiveMapping[],
   wanted: readonly MappingSpec[],
   drainTimeoutMs: number,

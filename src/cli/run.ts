@@ -6,11 +6,12 @@ import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { Server } from 'node:http';
 import { createProxy } from '../index.js';
-import type { DrainResult, Proxy } from '../types.js';
+import type { DrainResult, PortspliceProxy } from '../types.js';
 import { runDockerProxy } from './docker-proxy.js';
 import { parseArgs, type CliOptions } from './args.js';
 import { formatEndpoint } from './endpoint.js';
 import { HELP } from './help.js';
+import { logFailures } from './failure-log.js';
 import { SystemdNotifier } from './notify.js';
 import type { Streams } from './streams.js';
 import { DEFAULT_JSON_INTERVAL, DEFAULT_LIVE_INTERVAL, OPTIONS } from './options.js';
@@ -187,7 +188,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   const log = (line: string) => logStream.write(`portsplice: ${line}\n`);
   const notifier = new SystemdNotifier((message) => io.stderr.write(`portsplice: ${message}\n`));
 
-  let proxy: Proxy;
+  let proxy: PortspliceProxy;
   try {
     proxy = createProxy(options.proxy);
   } catch (err) {
@@ -276,6 +277,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
   const drainMs = Math.round(options.drainTimeout * 1000);
 
   let view: View | undefined;
+  let stopFailureLog: (() => void) | undefined;
   if (signalled === undefined) {
     phase = 'running';
     status.report(true);
@@ -293,6 +295,9 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
       if (metricsServer)
         io.stdout.write(`portsplice: metrics on http://${metrics!.serverAddress(metricsServer)}/metrics\n`);
     }
+    // Failures to reach a target, rate-limited (the live view shows them as errors); from
+    // before the line that says the command is ready, so that none after it is missed.
+    if (!live) stopFailureLog = logFailures(proxy, log);
     if (!live) log(`started ${version}, pid ${process.pid}: ${statusLine()}`);
     notifier.ready(statusLine());
   } else {
@@ -417,6 +422,7 @@ export async function run(argv: readonly string[], io: Streams = process): Promi
     io.stderr.write(`portsplice: error while stopping: ${errorText(err)}\n`);
     return 1;
   } finally {
+    stopFailureLog?.();
     clearTimeout(watchdog);
     process.off('SIGHUP', onHangup);
     await notifier.flush();

@@ -2,9 +2,10 @@
  * What the CLI prints while it runs: the live terminal view (redrawn in place), JSON stats
  * lines for machines, and startup lines for logs. The formatting functions are pure.
  */
-import type { Endpoint, MappingStats, Proxy, ProxyStats } from '../types.js';
+import type { Endpoint, MappingStats, PortspliceProxy, ProxyStats } from '../types.js';
 import { formatEndpoint } from './endpoint.js';
 import { endpointRange, mappingLabel } from './groups.js';
+import { jsonSafe } from '../stats.js';
 
 /** A writable text stream (process.stdout, or a test double). */
 export interface Output {
@@ -64,8 +65,7 @@ export function startupLine(m: Listener): string {
  */
 export function jsonStatsLine(stats: ProxyStats, time: Date): string {
   return JSON.stringify(
-    { time: time.toISOString(), engine: stats.engine, mappings: stats.mappings },
-    (_key, v) => (typeof v === 'bigint' ? v.toString() : v),
+    jsonSafe({ time: time.toISOString(), engine: stats.engine, mappings: stats.mappings }),
   );
 }
 
@@ -374,7 +374,7 @@ export interface LiveViewOptions {
 
 /** The live view: redrawn in place every `intervalMs` on a terminal, and at every key. */
 export function startLiveView(
-  proxy: Proxy,
+  proxy: PortspliceProxy,
   out: Output,
   intervalMs: number,
   version: string,
@@ -455,7 +455,7 @@ export function startLiveView(
 }
 
 /** One JSON stats line now and every `intervalMs`; `stop()` writes a last one. */
-export function startJsonLines(proxy: Proxy, out: Output, intervalMs: number): View {
+export function startJsonLines(proxy: PortspliceProxy, out: Output, intervalMs: number): View {
   const emit = () => out.write(`${jsonStatsLine(proxy.stats(), new Date())}\n`);
   emit();
   const timer = setInterval(emit, intervalMs);
