@@ -137,7 +137,8 @@ describe('/metrics', () => {
     assert.equal(value(families, 'portsplice_bytes_total', { mapping, direction: 'to_target' }), 5000);
     assert.equal(value(families, 'portsplice_bytes_total', { mapping, direction: 'to_client' }), 5000);
     assert.equal(value(families, 'portsplice_connections_accepted_total', { mapping }), 2);
-    assert.equal(value(families, 'portsplice_connections_failed_total', { mapping }), 0);
+    for (const reason of ['refused', 'timeout', 'unreachable', 'other'])
+      assert.equal(value(families, 'portsplice_connections_failed_total', { mapping, reason }), 0);
     // The data series carry `mapping` (and their own dimension) only; the info metric says what it is.
     for (const s of families.get('portsplice_connections_accepted_total').samples) {
       assert.deepEqual(Object.keys(s.labels), ['mapping']);
@@ -435,7 +436,8 @@ describe('pipe counters (splice engine)', () => {
       what: 'the second connection copied',
       describe: () => show(stats()),
     });
-    assert.equal(stats().pipes.inUse, 1, 'maxPipes: 1 holds');
+    // Never more than maxPipes (a pipe is given back whenever it runs empty, so 0 is possible).
+    assert.ok(stats().pipes.inUse <= 1, `maxPipes: 1 holds (${stats().pipes.inUse} in use)`);
 
     // Once the connections are gone, their pipes are given back.
     a.destroy();
