@@ -11,7 +11,17 @@ import net from 'node:net';
 
 import { createProxy } from '../dist/index.js';
 import { EventQueue, EVENT_QUEUE_CAPACITY } from '../dist/events.js';
-import { ENGINES, V4, DIST_URL, freePort, waitFor, addMapping, safeClose, show } from './helpers.mjs';
+import {
+  ENGINES,
+  V4,
+  DIST_URL,
+  closedPort,
+  freePort,
+  waitFor,
+  addMapping,
+  safeClose,
+  show,
+} from './helpers.mjs';
 import {
   CLI_PATH,
   killChildren,
@@ -46,27 +56,6 @@ async function failingConnection(port) {
   assert.equal(typeof localPort, 'number', 'the client socket is bound');
   await closed;
   return localPort;
-}
-
-/**
- * A port on 127.0.0.1 that refuses connections, below the ephemeral range: a port freed by
- * freePort() can be handed out again to the next listen on port 0, the proxy's own listener
- * included, which then forwards to itself.
- */
-async function closedPort() {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = 20000 + Math.floor(Math.random() * 12000);
-    const refused = await new Promise((resolve) => {
-      const socket = net.connect({ port, host: V4 });
-      socket.on('connect', () => {
-        socket.destroy();
-        resolve(false);
-      });
-      socket.on('error', (error) => resolve(error.code === 'ECONNREFUSED'));
-    });
-    if (refused) return port;
-  }
-  throw new Error('no refusing port below 32000 in 50 tries');
 }
 
 /** Collects the proxy's batches; `events()` flattens them. */

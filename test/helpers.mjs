@@ -190,6 +190,27 @@ export async function freePort(host = V4) {
   return port;
 }
 
+/**
+ * A port on 127.0.0.1 that refuses connections, below the ephemeral range: a port freed by
+ * freePort() can be handed out again to the next listen on port 0, the proxy's own listener
+ * included, which then forwards to itself.
+ */
+export async function closedPort() {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const refused = await new Promise((resolve) => {
+      const socket = net.connect({ port, host: V4 });
+      socket.on('connect', () => {
+        socket.destroy();
+        resolve(false);
+      });
+      socket.on('error', (error) => resolve(error.code === 'ECONNREFUSED'));
+    });
+    if (refused) return port;
+  }
+  throw new Error('no refusing port below 32000 in 50 tries');
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------------------------
