@@ -20,6 +20,10 @@ export interface NativeMappingSpec {
   udpMaxFlows: number;
   /** Times in whole seconds' worth of milliseconds, as validated by config.ts. */
   keepAlive: { idleMs: number; intervalMs: number; count: number } | false;
+  /** 0: no limit. */
+  maxConnections: number;
+  /** 0: no idle timeout. */
+  idleTimeoutMs: number;
 }
 
 /** One native proxy: an engine with its own epoll threads. */

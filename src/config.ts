@@ -39,6 +39,10 @@ export interface ResolvedMapping {
   udpMaxFlows: number;
   /** TCP keep-alive on both sockets of each connection, or false (always false for UDP). */
   keepAlive: Required<KeepAliveOptions> | false;
+  /** TCP connections open at once; 0: no limit (always 0 for UDP). */
+  maxConnections: number;
+  /** TCP: reset a connection after this long with no byte either way; 0: never (always 0 for UDP). */
+  idleTimeoutMs: number;
 }
 
 export interface ResolvedProxyOptions {
@@ -212,6 +216,8 @@ export function validateMapping(options: unknown): ResolvedMapping {
     'udpTimeoutMs',
     'udpMaxFlows',
     'keepAlive',
+    'maxConnections',
+    'idleTimeoutMs',
   ]);
   const proto = checkChoice(o.proto, 'proto', PROTOS);
   if (o.listen === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'listen is required');
@@ -249,6 +255,40 @@ export function validateMapping(options: unknown): ResolvedMapping {
         ? DEFAULT_UDP_MAX_FLOWS
         : checkInteger(o.udpMaxFlows, 'udpMaxFlows', 1, MAX_UDP_FLOWS),
     keepAlive: checkKeepAlive(o.keepAlive, proto),
+    ...checkLimits(o, proto),
+  };
+}
+
+/**
+ * `maxConnections` and `idleTimeoutMs` (also used by the command for its config files). Both
+ * are TCP's: a UDP mapping bounds its flows with `udpMaxFlows` and `udpTimeoutMs`.
+ */
+export function checkLimits(
+  o: Record<string, unknown>,
+  proto: Proto,
+): { maxConnections: number; idleTimeoutMs: number } {
+  if (proto === 'udp') {
+    if (o.maxConnections !== undefined) {
+      fail(
+        TypeError,
+        'ERR_INVALID_ARG_VALUE',
+        "maxConnections applies to TCP mappings only, not to proto 'udp' (UDP flows are bounded by udpMaxFlows)",
+      );
+    }
+    if (o.idleTimeoutMs !== undefined) {
+      fail(
+        TypeError,
+        'ERR_INVALID_ARG_VALUE',
+        "idleTimeoutMs applies to TCP mappings only, not to proto 'udp' (UDP flows expire after udpTimeoutMs)",
+      );
+    }
+    return { maxConnections: 0, idleTimeoutMs: 0 };
+  }
+  return {
+    maxConnections:
+      o.maxConnections === undefined ? 0 : checkInteger(o.maxConnections, 'maxConnections', 1, 2 ** 31 - 1),
+    idleTimeoutMs:
+      o.idleTimeoutMs === undefined ? 0 : checkInteger(o.idleTimeoutMs, 'idleTimeoutMs', 1, 2 ** 31 - 1),
   };
 }
 

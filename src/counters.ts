@@ -25,6 +25,8 @@ export const COUNTERS = [
   ['droppedRefused', 'count', 'udp'],
   ['droppedTruncated', 'count', 'udp'],
   ['droppedOther', 'count', 'udp'],
+  ['limitReached', 'count', 'tcp'],
+  ['idleClosed', 'count', 'tcp'],
 ] as const;
 
 type CounterDef = (typeof COUNTERS)[number];

@@ -92,6 +92,8 @@ export class SpliceBackend implements Backend {
         udpTimeoutMs: spec.udpTimeoutMs,
         udpMaxFlows: spec.udpMaxFlows,
         keepAlive: spec.keepAlive,
+        maxConnections: spec.maxConnections,
+        idleTimeoutMs: spec.idleTimeoutMs,
       });
       context.port = result.port;
     });

@@ -16,7 +16,13 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
     return {
       ...common,
       proto: 'tcp',
-      connections: { accepted: c.accepted, active: c.active, failed: c.failed },
+      connections: {
+        accepted: c.accepted,
+        active: c.active,
+        failed: c.failed,
+        limitReached: c.limitReached,
+        idleClosed: c.idleClosed,
+      },
       bytes,
     };
   }

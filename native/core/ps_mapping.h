@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include <atomic>
 #include <memory>
 
 #include "ps_addr.h"
@@ -36,6 +37,11 @@ struct MappingConfig {
   int udp_timeout_ms = 90000;
   // UDP: flows at once; beyond it the least recently active flow is evicted.
   uint32_t udp_max_flows = 4096;
+  // TCP: connections open at once (0: no limit); at the limit every worker stops accepting
+  // and new connections wait in the listening socket's backlog.
+  int max_connections = 0;
+  // TCP: an open connection with no byte moved either way for this long is reset (0: never).
+  int idle_timeout_ms = 0;
 };
 
 class Mapping {
@@ -56,6 +62,18 @@ class Mapping {
   int owner() const { return owner_; }
   ThreadCounters& counters(int thread) { return counters_[thread]; }
 
+  // maxConnections, shared by every worker serving the mapping. Takes a slot before accept4()
+  // so that workers racing for the last one cannot overshoot: returns the number of slots
+  // in use with this one, or 0 when the mapping is full (nothing taken).
+  int take_slot() {
+    int used = open_.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (used <= config_.max_connections) return used;
+    open_.fetch_sub(1, std::memory_order_relaxed);
+    return 0;
+  }
+  // Gives a slot back; true when the mapping was full, so the caller resumes accepting.
+  bool give_slot() { return open_.fetch_sub(1, std::memory_order_relaxed) >= config_.max_connections; }
+
   // Closes the listening socket; only once no worker uses it any more.
   void close_listener() { listen_fd_.reset(); }
 
@@ -69,6 +87,7 @@ class Mapping {
   std::unique_ptr<ThreadCounters[]> counters_;
   int threads_;
   int owner_;
+  std::atomic<int> open_{0};  // Slots taken (maxConnections only).
 };
 
 }  // namespace ps

@@ -27,7 +27,9 @@ int set_tcp_options(int fd, const MappingConfig& config);
 
 class TcpSession final : public EventHandler {
  public:
-  TcpSession(Worker* worker, Mapping* mapping, UniqueFd client);
+  // `idle`: the worker's list of this mapping's open sessions by last activity, when the
+  // mapping has an idle timeout (else nullptr).
+  TcpSession(Worker* worker, Mapping* mapping, UniqueFd client, List<TcpSession>* idle);
 
   // Opens the target socket and starts connecting. On failure the session has already
   // closed itself (the client is reset and the failure counted), and the negative errno
@@ -42,6 +44,12 @@ class TcpSession final : public EventHandler {
   // Resets both sides now (mapping removed, engine stopping).
   void abort() { finish(true); }
 
+  // Resets both sides: no byte has moved either way for the mapping's idle timeout.
+  void on_idle_timeout();
+
+  // When the idle timeout runs out, if no byte moves before.
+  int64_t idle_deadline() const { return last_active_ms_ + mapping_->config().idle_timeout_ms; }
+
   Mapping* mapping() const { return mapping_; }
   int64_t connect_deadline() const { return connect_deadline_; }
 
@@ -51,12 +59,13 @@ class TcpSession final : public EventHandler {
   // counts on its line. The caller moves the session between the workers' lists.
   bool movable() const { return state_ == State::kOpen; }
   void detach();
-  void attach(Worker* worker);
+  void attach(Worker* worker, List<TcpSession>* idle);
 
   uint32_t activity = 0;  // Events since the worker last sampled its load.
 
   ListLink<TcpSession> all_link{this};         // In the worker's list of sessions.
   ListLink<TcpSession> connecting_link{this};  // In the worker's list of pending connects.
+  ListLink<TcpSession> idle_link{this};        // In idle_, least recently active first.
 
  private:
   enum class State { kConnecting, kOpen, kClosed };
@@ -84,6 +93,9 @@ class TcpSession final : public EventHandler {
   void on_connected();
   void fail_connect();
   void finish(bool reset);
+  // Bytes moved: the session goes to the back of its idle list, at most once per batch of
+  // events (now_ms() changes once per loop iteration), with no allocation and no timer.
+  inline void touch();
 
   Worker* worker_;
   Mapping* mapping_;
@@ -97,6 +109,8 @@ class TcpSession final : public EventHandler {
   State state_ = State::kConnecting;
   bool no_splice_ = false;  // splice(2) said EINVAL: this connection copies.
   int64_t connect_deadline_ = 0;
+  List<TcpSession>* idle_ = nullptr;  // Set while the mapping has an idle timeout.
+  int64_t last_active_ms_ = 0;
 };
 
 }  // namespace ps

@@ -93,6 +93,8 @@ class Worker final : public EventHandler {
   BufferPool& buffers() { return buffers_; }
   int64_t now_ms() const { return now_ms_; }
   void track_connect(TcpSession* session);
+  // A connection of `mapping` ended while the mapping was at maxConnections: accept again.
+  void resume_listener(const Mapping* mapping);
   // Makes the loop wake up by `when_ms` to run timers.
   void schedule_timer(int64_t when_ms) {
     if (when_ms < next_timer_ms_) next_timer_ms_ = when_ms;
@@ -120,6 +122,9 @@ class Worker final : public EventHandler {
     Watcher watcher;
     int64_t paused_until = 0;  // Set while accepting is paused for lack of fds.
     bool stopped;              // No longer accepting: the mapping is draining.
+    bool full = false;         // Not accepting: the mapping is at maxConnections.
+    List<TcpSession> idle;     // With an idle timeout: open sessions, least recently active first.
+    List<TcpSession>* idle_list() { return mapping->config().idle_timeout_ms > 0 ? &idle : nullptr; }
   };
 
   static void* thread_main(void* self);
@@ -129,6 +134,7 @@ class Worker final : public EventHandler {
   void run_timers();
   void accept_connections(Listener* listener);
   void pause_listener(Listener* listener);
+  Listener* find_listener(const Mapping* mapping);
   void remove_mapping(uint32_t mapping_id);
   void stop();
   void stop_listening(uint32_t mapping_id);

@@ -5,7 +5,7 @@
  * Nothing is started until parsing has fully succeeded.
  */
 import { isIP } from 'node:net';
-import { checkKeepAlive, MAX_UDP_FLOWS } from '../config.js';
+import { checkKeepAlive, checkLimits, MAX_UDP_FLOWS } from '../config.js';
 import type { EngineName, MappingOptions, Proto } from '../types.js';
 
 /** A bad command line or config file: the message says what is wrong (the CLI exits 2). */
@@ -92,6 +92,11 @@ Options:
                          On SIGTERM/SIGINT stop accepting at once and give open connections
                          this long to finish (default ${DEFAULT_DRAIN_TIMEOUT}); a second signal exits at once.
                          SIGHUP reloads the --config files (a bad file changes nothing).
+  --max-connections N    TCP mappings of -p: at most N connections open at once per mapping;
+                         beyond it new ones wait in the listen backlog until one ends.
+  --idle-timeout MS      TCP mappings of -p: reset a connection after MS milliseconds with
+                         no byte in either direction (default: never).
+                         (In --config files: "maxConnections" and "idleTimeoutMs" per mapping.)
   -h, --help             Show this help.
   -v, --version          Show the version.
 
@@ -319,6 +324,8 @@ const MAPPING_KEYS = [
   'udpTimeoutMs',
   'udpMaxFlows',
   'keepAlive',
+  'maxConnections',
+  'idleTimeoutMs',
 ] as const;
 const INT_MAX = 2 ** 31 - 1;
 
@@ -373,6 +380,16 @@ function parseConfigMapping(value: unknown, where: string): MappingOptions {
       throw new UsageError(`${where}.${(error as Error).message}`);
     }
     mapping.keepAlive = value.keepAlive as MappingOptions['keepAlive'];
+  }
+  if (value.maxConnections !== undefined || value.idleTimeoutMs !== undefined) {
+    let limits;
+    try {
+      limits = checkLimits(value, proto);
+    } catch (error) {
+      throw new UsageError(`${where}.${(error as Error).message}`);
+    }
+    if (value.maxConnections !== undefined) mapping.maxConnections = limits.maxConnections;
+    if (value.idleTimeoutMs !== undefined) mapping.idleTimeoutMs = limits.idleTimeoutMs;
   }
   return mapping;
 }
@@ -446,6 +463,8 @@ type FlagName =
   | 'interval'
   | 'metrics'
   | 'drain-timeout'
+  | 'max-connections'
+  | 'idle-timeout'
   | 'help'
   | 'version'
   | 'proto'
@@ -468,6 +487,8 @@ const FLAGS: Readonly<Record<string, FlagName>> = {
   interval: 'interval',
   metrics: 'metrics',
   'drain-timeout': 'drain-timeout',
+  'max-connections': 'max-connections',
+  'idle-timeout': 'idle-timeout',
   h: 'help',
   help: 'help',
   v: 'version',
@@ -535,6 +556,7 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
   > = {};
   const cliMappings: MappingSpec[] = [];
   const configs: string[] = [];
+  const limits: { maxConnections?: number; idleTimeoutMs?: number } = {};
 
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -609,6 +631,13 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
       case 'metrics':
         options.metrics = parseListenAddress(value, shown);
         break;
+      case 'max-connections':
+      case 'idle-timeout':
+        if (!/^\d{1,10}$/.test(value) || Number(value) < 1 || Number(value) > INT_MAX) {
+          throw new UsageError(`${shown} must be an integer from 1 to ${INT_MAX}, got ${quote(value)}`);
+        }
+        limits[flag === 'max-connections' ? 'maxConnections' : 'idleTimeoutMs'] = Number(value);
+        break;
       default:
         docker[flag as keyof typeof docker] = value; // Go's flag package: the last one wins
     }
@@ -633,9 +662,12 @@ export function parseArgs(argv: readonly string[], readFile?: ReadFile): CliOpti
     if (config.pipeSize !== undefined) options.pipeSize = config.pipeSize;
     if (config.maxPipes !== undefined) options.maxPipes = config.maxPipes;
   }
+  if (Object.keys(docker).length > 0) cliMappings.push(dockerProxyMapping(docker));
+  // --max-connections and --idle-timeout: TCP's limits, for the mappings of the command line.
+  for (const spec of cliMappings) {
+    if (spec.options.proto === 'tcp') Object.assign(spec.options, limits);
+  }
   options.mappings.push(...cliMappings);
-
-  if (Object.keys(docker).length > 0) options.mappings.push(dockerProxyMapping(docker));
 
   if (options.useListenFd) {
     throw new UsageError(
