@@ -45,10 +45,10 @@ class Counter {
   X(dropped_queue_full, "droppedQueueFull") /* EAGAIN or ENOBUFS on send. */                 \
   X(dropped_refused, "droppedRefused")      /* ECONNREFUSED: the target's port is closed. */ \
   X(dropped_truncated, "droppedTruncated")  /* Larger than the receive buffer. */            \
-  X(dropped_other, "droppedOther")          /* Any other send error. */                \
+  X(dropped_other, "droppedOther")          /* Any other send error. */                      \
   /* TCP limits. */                                                                          \
-  X(limit_reached, "limitReached") /* Connections that filled the mapping to maxConnections. */ \
-  X(idle_closed, "idleClosed")     /* Connections reset after idleTimeoutMs with no bytes. */
+  X(limit_reached, "limitReached") /* Times maxConnections filled up. */                     \
+  X(idle_closed, "idleClosed")     /* Reset after idleTimeoutMs with no byte. */
 
 struct alignas(64) ThreadCounters {
 #define PS_COUNTER_MEMBER(member, name) Counter member;
