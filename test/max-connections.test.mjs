@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 
 import { createProxy } from '../dist/index.js';
+import { parseArgs } from '../dist/cli/args.js';
 import {
   ENGINES,
   V4,
@@ -194,4 +195,49 @@ describe('maxConnections validation', () => {
     );
   });
   test('cleanup', () => proxy.close());
+});
+
+describe('the command: --max-connections, --idle-timeout and config files', () => {
+  test('the flags set both limits on the TCP mappings of the command line only', () => {
+    const o = parseArgs([
+      '-p',
+      '8080:10.0.0.2:80',
+      '-p',
+      '5353:10.0.0.2:53/udp',
+      '--max-connections',
+      '100',
+      '--idle-timeout=60000',
+    ]);
+    const [tcp, udp] = o.mappings.map((m) => m.options);
+    assert.equal(tcp.maxConnections, 100);
+    assert.equal(tcp.idleTimeoutMs, 60000);
+    assert.equal(udp.maxConnections, undefined);
+    assert.equal(udp.idleTimeoutMs, undefined);
+  });
+  test('bad values name the flag', () => {
+    for (const bad of ['0', '-1', '1.5', 'x', '3000000000']) {
+      assert.throws(() => parseArgs(['-p', '1:1.1.1.1:1', `--max-connections=${bad}`]), {
+        name: 'UsageError',
+        message: /^--max-connections must be an integer from 1 to 2147483647/,
+      });
+    }
+    assert.throws(() => parseArgs(['-p', '1:1.1.1.1:1', '--idle-timeout', '0']), {
+      message: /^--idle-timeout must be an integer from 1/,
+    });
+  });
+  test('config files take maxConnections and idleTimeoutMs per mapping, TCP only', () => {
+    const file = (mapping) => () => JSON.stringify([mapping]);
+    const tcp = { listen: { port: 1 }, target: { host: '10.0.0.2', port: 2 } };
+    const o = parseArgs(['--config', 'c.json'], file({ ...tcp, maxConnections: 7, idleTimeoutMs: 900 }));
+    assert.equal(o.mappings[0].options.maxConnections, 7);
+    assert.equal(o.mappings[0].options.idleTimeoutMs, 900);
+    assert.throws(
+      () => parseArgs(['--config', 'c.json'], file({ ...tcp, proto: 'udp', idleTimeoutMs: 900 })),
+      { name: 'UsageError', message: /c\.json\[0\]\.idleTimeoutMs applies to TCP mappings only/ },
+    );
+    assert.throws(() => parseArgs(['--config', 'c.json'], file({ ...tcp, maxConnections: 0 })), {
+      name: 'UsageError',
+      message: /maxConnections must be an integer from 1/,
+    });
+  });
 });
