@@ -87,7 +87,9 @@ class Mapping {
   std::unique_ptr<ThreadCounters[]> counters_;
   int threads_;
   int owner_;
-  std::atomic<int> open_{0};  // Slots taken (maxConnections only).
+  // Slots taken (maxConnections only). On a cache line of its own: every worker writes it once
+  // per connection, and every event reads config_.
+  alignas(64) std::atomic<int> open_{0};
 };
 
 }  // namespace ps
