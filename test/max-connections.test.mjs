@@ -29,7 +29,9 @@ import {
 
 /** Connections waiting in the accept queue of the listener on 127.0.0.1:port (ss: Recv-Q). */
 function acceptQueue(port) {
-  const out = execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' }).trim();
+  // Without the sanitizers' LD_PRELOAD (scripts/sanitize.sh), which would fail ss on its leaks.
+  const env = { ...process.env, LD_PRELOAD: '' };
+  const out = execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8', env }).trim();
   assert.ok(out, `no listener on port ${port}`);
   return Number(out.split(/\s+/)[1]);
 }
