@@ -179,11 +179,13 @@ export class StreamTcpMapping implements StreamMapping {
         idle.unref();
       }
     });
-    const touch = () => idle?.refresh();
-    client.on('data', touch);
-    target.on('data', touch);
-    client.on('drain', touch);
-    target.on('drain', touch);
+    if (this.#spec.idleTimeoutMs > 0) {
+      const touch = () => idle?.refresh();
+      for (const socket of [client, target]) {
+        socket.on('data', touch);
+        socket.on('drain', touch);
+      }
+    }
 
     // A reset on one side resets the other, so truncation is never disguised as a clean end.
     client.on('error', () => reset(target));
