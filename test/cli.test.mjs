@@ -176,7 +176,7 @@ describe('stats output', () => {
       return m.bytes.toTarget === '12345' && m.bytes.toClient === '12345' && m.connections.active === 0;
     }, 'with 12345 bytes each way');
     const m = JSON.parse(line).mappings[0];
-    assert.deepEqual(m.connections, { accepted: 1, active: 0, failed: 0 });
+    assert.deepEqual(m.connections, { accepted: 1, active: 0, failed: 0, limitReached: 0, idleClosed: 0 });
     assert.equal(m.proto, 'tcp');
     assert.deepEqual(m.target, { host: V4, port: echo.port });
     assert.equal(BigInt(m.bytes.spliced) + BigInt(m.bytes.copied), 24690n);

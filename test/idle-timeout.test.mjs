@@ -112,6 +112,7 @@ for (const engine of ENGINES) {
       assertWithin(down.ms, 'client');
       const s = await waitStats(proxy, m, (x) => x.connections.active === 0, 'closed');
       assert.equal(s.connections.idleClosed, 1);
+      assert.equal(s.connections.limitReached, 0, 'no maxConnections: no limit to reach');
     });
 
     test('traffic every half timeout keeps a connection open for several timeouts', async (t) => {

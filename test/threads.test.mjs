@@ -242,7 +242,7 @@ describe("threads: 'auto'", () => {
       }
       assert.deepEqual(
         st.connections,
-        { accepted: streams, active: 0, failed: 0 },
+        { accepted: streams, active: 0, failed: 0, limitReached: 0, idleClosed: 0 },
         'connection counters summed over threads',
       );
       assert.equal(st.bytes.toTarget, sent);

@@ -371,7 +371,7 @@ void Worker::accept_connections(Listener* listener) {
     }
     // The connection that filled the mapping (counted once per time it fills, whichever
     // worker accepted it).
-    if (slots == mapping->config().max_connections) mapping->counters(index_).limit_reached.add(1);
+    if (limited && slots == mapping->config().max_connections) mapping->counters(index_).limit_reached.add(1);
     sessions_.push_back(&session->all_link);
     int rc = session->start();
     if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
