@@ -212,6 +212,9 @@ export class StreamTcpMapping implements StreamMapping {
       this.#forward(client, ends);
     };
     client.on('data', onData);
+    // A client that waited for a slot (maxConnections) was paused: a 'data' listener alone
+    // does not resume a stream paused explicitly.
+    client.resume();
     client.on('end', reject); // FIN before a complete header.
     client.on('error', () => {
       done = true;

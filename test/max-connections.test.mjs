@@ -26,6 +26,7 @@ import {
   safeClose,
   closeServers,
   withTimeout,
+  waitFor,
 } from './helpers.mjs';
 
 /** Connections waiting in the accept queue of the listener on 127.0.0.1:port (ss: Recv-Q). */
@@ -158,6 +159,25 @@ for (const engine of ENGINES) {
       assert.equal(how.error.code, 'ECONNRESET');
       assert.equal(echo.connectionCount, 1, 'the waiting connection never reached the target');
       open.destroy();
+    });
+    test('with acceptProxyProtocol a client reading its header holds the slot; the next waits, then gets its header read', async (t) => {
+      const echo = await startEchoServer();
+      const proxy = createProxy({ engine, threads: 1 });
+      t.after(() => Promise.all([safeClose(proxy), closeServers(echo)]));
+      const m = await addMapping(proxy, echo.port, { maxConnections: 1, acceptProxyProtocol: true });
+      const silent = await connect(m.listen.port); // Sends no header: holds the only slot.
+      await waitStats(proxy, m, (s) => s.connections.active === 1, 'the silent client admitted');
+      const waiting = await connect(m.listen.port);
+      const got = received(waiting);
+      waiting.write('PROXY TCP4 192.0.2.1 192.0.2.2 1000 2000\r\nhi\n');
+      await sleep(300);
+      assert.equal(got.bytes, 0, 'nothing forwarded while the header reader holds the slot');
+      assert.equal(echo.connectionCount, 0);
+      silent.destroy();
+      await waitFor(() => got.bytes === 3, { what: 'the waiting client forwarded once the slot is free' });
+      const s = statsOf(proxy, m);
+      assert.deepEqual([s.connections.limitReached, s.proxyHeaders.received], [2, 1]);
+      waiting.destroy();
     });
   });
 }
