@@ -115,7 +115,8 @@ for pass in "${passes[@]}"; do
       PORTSPLICE_ADDON=build-asan/Release/portsplice.node \
       node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=dot --test-name-pattern='\[splice\]' \
       test/forwarding.test.mjs test/lifecycle.test.mjs test/udp.test.mjs test/udp-burst.test.mjs \
-      test/drain.test.mjs test/process.test.mjs test/proxy-protocol.test.mjs
+      test/drain.test.mjs test/process.test.mjs test/proxy-protocol.test.mjs test/max-connections.test.mjs \
+      test/idle-timeout.test.mjs
     check_reports "the integration tests"
   else
     log "tsan: building build-tsan (thread)"

@@ -25,6 +25,10 @@ export interface NativeMappingSpec {
   proxyProtocol: 'v1' | 'v2' | undefined;
   /** TCP only. */
   acceptProxyProtocol: boolean;
+  /** 0: no limit. */
+  maxConnections: number;
+  /** 0: no idle timeout. */
+  idleTimeoutMs: number;
 }
 
 /** One native proxy: an engine with its own epoll threads. */

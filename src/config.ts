@@ -48,6 +48,10 @@ export interface ResolvedMapping {
   proxyProtocol: ProxyProtocolVersion | undefined;
   /** Whether every client must start with a PROXY header (always false for UDP). */
   acceptProxyProtocol: boolean;
+  /** TCP connections open at once; 0: no limit (always 0 for UDP). */
+  maxConnections: number;
+  /** TCP: reset a connection after this long with no byte either way; 0: never (always 0 for UDP). */
+  idleTimeoutMs: number;
 }
 
 export interface ResolvedProxyOptions {
@@ -253,6 +257,8 @@ const PROTO_ONLY: Readonly<Record<string, { proto: Proto; why: string }>> = {
   backlog: { proto: 'tcp', why: 'a UDP socket has no accept queue' },
   udpTimeoutMs: { proto: 'udp', why: 'TCP connections end with FIN or RST, not a timeout' },
   udpMaxFlows: { proto: 'udp', why: 'TCP has connections, not flows' },
+  maxConnections: { proto: 'tcp', why: 'UDP flows are bounded by udpMaxFlows' },
+  idleTimeoutMs: { proto: 'tcp', why: 'UDP flows expire after udpTimeoutMs' },
 };
 
 /** Refuses options of the other protocol (also used by the command for its config files). */
@@ -284,6 +290,8 @@ export function validateMapping(options: unknown): ResolvedMapping {
     'name',
     'proxyProtocol',
     'acceptProxyProtocol',
+    'maxConnections',
+    'idleTimeoutMs',
   ]);
   const proto = checkChoice(o.proto, 'proto', PROTOS);
   if (o.listen === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'listen is required');
@@ -324,6 +332,10 @@ export function validateMapping(options: unknown): ResolvedMapping {
     ...(o.name !== undefined && { name: checkName(o.name, 'name') }),
     proxyProtocol: checkProxyProtocol(o.proxyProtocol, proto),
     acceptProxyProtocol: checkAcceptProxyProtocol(o.acceptProxyProtocol, proto),
+    maxConnections:
+      o.maxConnections === undefined ? 0 : checkInteger(o.maxConnections, 'maxConnections', 1, 2 ** 31 - 1),
+    idleTimeoutMs:
+      o.idleTimeoutMs === undefined ? 0 : checkInteger(o.idleTimeoutMs, 'idleTimeoutMs', 1, 2 ** 31 - 1),
   };
   // After the values, so that a bad value is named first whatever the protocol.
   checkAppliesTo(o, proto);

@@ -35,6 +35,8 @@ export const COUNTERS = [
   ['failedUnreachable', 'count', 'tcp'],
   ['failedOther', 'count', 'tcp'],
   ['eventsDropped', 'count', 'tcp'],
+  ['limitReached', 'count', 'tcp'],
+  ['idleClosed', 'count', 'tcp'],
 ] as const;
 
 type CounterDef = (typeof COUNTERS)[number];

@@ -94,6 +94,8 @@ export class SpliceEngine implements Engine {
         keepAlive: spec.keepAlive,
         proxyProtocol: spec.proxyProtocol,
         acceptProxyProtocol: spec.acceptProxyProtocol,
+        maxConnections: spec.maxConnections,
+        idleTimeoutMs: spec.idleTimeoutMs,
       });
       context.port = result.port;
     });

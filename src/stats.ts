@@ -60,6 +60,8 @@ export function shapeStats(m: Mapping, c: RawCounters): MappingStats {
         active: c.active,
         failed: failedBy.refused + failedBy.timeout + failedBy.unreachable + failedBy.other,
         failedBy,
+        limitReached: c.limitReached,
+        idleClosed: c.idleClosed,
       },
       proxyHeaders: {
         sent: c.proxyHeadersSent,

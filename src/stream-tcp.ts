@@ -32,6 +32,8 @@ function reset(socket: net.Socket): void {
   else socket.resetAndDestroy();
 }
 
+function ignore(): void {}
+
 export class StreamTcpMapping implements StreamMapping {
   readonly counters: RawCounters;
   #spec: ResolvedMapping;
@@ -39,6 +41,15 @@ export class StreamTcpMapping implements StreamMapping {
   #sockets = new Set<net.Socket>();
   #ref = true;
   #events: EventSink;
+  /** Connections being forwarded: the slots of `maxConnections`. */
+  #open = 0;
+  /**
+   * maxConnections: clients accepted while the mapping was full, paused and not forwarded
+   * (no target connection yet), oldest first. libuv accepts every connection that is ready and
+   * Node cannot stop it without closing the listener (which would reset the kernel's backlog),
+   * so these stand in for the backlog the splice engine leaves them in; at most `backlog`.
+   */
+  #waiting: net.Socket[] = [];
 
   constructor(spec: ResolvedMapping, counters: RawCounters, events: EventSink) {
     this.#spec = spec;
@@ -51,11 +62,7 @@ export class StreamTcpMapping implements StreamMapping {
       keepAlive: spec.keepAlive !== false,
       keepAliveInitialDelay: spec.keepAlive === false ? 0 : spec.keepAlive.idleMs,
     });
-    this.#server.on('connection', (client) => {
-      this.counters.accepted++;
-      if (spec.acceptProxyProtocol) this.#readHeader(client);
-      else this.#forward(client);
-    });
+    this.#server.on('connection', (client) => this.#admit(client));
   }
 
   /** Queues an event when someone listens; one the full queue drops is counted. */
@@ -83,6 +90,8 @@ export class StreamTcpMapping implements StreamMapping {
   stopListening(): void {
     // net.Server.close() stops accepting and leaves open connections alone.
     if (this.#server.listening) this.#server.close();
+    // Closing a listener resets the connections in its backlog: so for those waiting here.
+    for (const client of this.#waiting.splice(0)) reset(client);
   }
 
   async close(): Promise<void> {
@@ -100,6 +109,60 @@ export class StreamTcpMapping implements StreamMapping {
       if (ref) handle.ref();
       else handle.unref();
     }
+  }
+
+  #admit(client: net.Socket): void {
+    const max = this.#spec.maxConnections;
+    if (max === 0 || this.#open < max) {
+      this.#start(client);
+      return;
+    }
+    if (this.#waiting.length >= this.#spec.backlog) {
+      // The kernel would not have queued it either (it drops the SYN; here it is accepted).
+      reset(client);
+      return;
+    }
+    client.pause();
+    this.#sockets.add(client);
+    if (!this.#ref) client.unref();
+    this.#waiting.push(client);
+    client.on('error', ignore);
+    client.on('close', this.#leftQueue);
+  }
+
+  /** A waiting client went away (closed or reset by its peer). */
+  #leftQueue = (): void => {
+    for (let i = this.#waiting.length - 1; i >= 0; i--) {
+      const client = this.#waiting[i]!;
+      if (!client.destroyed) continue;
+      this.#sockets.delete(client);
+      this.#waiting.splice(i, 1);
+    }
+  };
+
+  /** A slot came free: forward the oldest waiting client that is still there. */
+  #release(): void {
+    this.#open--;
+    while (this.#waiting.length > 0 && this.#open < this.#spec.maxConnections) {
+      const client = this.#waiting.shift()!;
+      if (client.destroyed) continue;
+      client.off('close', this.#leftQueue);
+      client.off('error', ignore);
+      this.#sockets.delete(client);
+      this.#start(client);
+    }
+  }
+
+  /**
+   * An admitted client takes its slot (as the splice engine's accept does: held while its
+   * PROXY header is read too, given back by #release when it closes), then is forwarded.
+   */
+  #start(client: net.Socket): void {
+    this.counters.accepted++;
+    this.#open++;
+    if (this.#open === this.#spec.maxConnections) this.counters.limitReached++;
+    if (this.#spec.acceptProxyProtocol) this.#readHeader(client);
+    else this.#forward(client);
   }
 
   /**
@@ -149,6 +212,9 @@ export class StreamTcpMapping implements StreamMapping {
       this.#forward(client, ends);
     };
     client.on('data', onData);
+    // A client that waited for a slot (maxConnections) was paused: a 'data' listener alone
+    // does not resume a stream paused explicitly.
+    client.resume();
     client.on('end', reject); // FIN before a complete header.
     client.on('error', () => {
       done = true;
@@ -159,6 +225,7 @@ export class StreamTcpMapping implements StreamMapping {
       clearTimeout(timer);
       this.#sockets.delete(client);
       counters.active--;
+      this.#release();
     });
   }
 
@@ -180,9 +247,13 @@ export class StreamTcpMapping implements StreamMapping {
 
     let connected = false;
     let open = 2;
+    let idle: NodeJS.Timeout | undefined;
     const closed = (socket: net.Socket) => {
       this.#sockets.delete(socket);
-      if (--open === 0) counters.active--;
+      if (--open > 0) return;
+      counters.active--;
+      clearTimeout(idle);
+      this.#release();
     };
     client.on('close', () => closed(client));
     target.on('close', () => closed(target));
@@ -224,7 +295,25 @@ export class StreamTcpMapping implements StreamMapping {
         counters.proxyHeadersSent++;
       }
       client.resume();
+      if (this.#spec.idleTimeoutMs > 0) {
+        // One timer per connection, refreshed when bytes move: Node keeps the timers of one
+        // duration in a single list behind one libuv timer, and refresh() relinks the entry
+        // there (no allocation, no system call). RST both ways, as the splice engine does.
+        idle = setTimeout(() => {
+          counters.idleClosed++;
+          reset(client);
+          reset(target);
+        }, this.#spec.idleTimeoutMs);
+        idle.unref();
+      }
     });
+    if (this.#spec.idleTimeoutMs > 0) {
+      const touch = () => idle?.refresh();
+      for (const socket of [client, target]) {
+        socket.on('data', touch);
+        socket.on('drain', touch);
+      }
+    }
 
     // A reset on one side resets the other, so truncation is never disguised as a clean end.
     client.on('error', () => reset(target));

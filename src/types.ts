@@ -103,6 +103,27 @@ export interface MappingOptions {
    * nothing but the load balancer can reach: the header's addresses are taken on trust.
    */
   acceptProxyProtocol?: boolean;
+  /**
+   * TCP: connections open at once (default: no limit). At the limit the proxy stops
+   * accepting: new connections complete their handshake in the kernel and wait in the
+   * listen backlog (up to `backlog`; beyond it the kernel drops their SYNs and clients
+   * retry), and are accepted, in order, as open ones end. Nothing is accepted and then
+   * closed, unlike Node's `net.Server.maxConnections`. `connections.limitReached` counts how
+   * often the mapping filled up. Rejected on UDP, whose flows are bounded by `udpMaxFlows`.
+   * The stream engine cannot leave connections in the backlog (libuv accepts whatever is
+   * ready): it holds at most `backlog` extra connections itself, accepted but not forwarded
+   * (the target is not connected and no byte moves), and resets any beyond.
+   */
+  maxConnections?: number;
+  /**
+   * TCP: an open connection with no byte moved in either direction for this many
+   * milliseconds is reset, both sides with RST (default: never, as docker-proxy). A half-open
+   * connection (one side sent FIN, the other idles) follows the same rule. Checked by the
+   * engine's timer list (no timer per connection): a connection closes between
+   * `idleTimeoutMs` and `idleTimeoutMs` plus the loop's timer slack. Rejected on UDP (use
+   * `udpTimeoutMs`).
+   */
+  idleTimeoutMs?: number;
 }
 
 /** The PROXY protocol versions: 1 (text) and 2 (binary). */
@@ -161,6 +182,13 @@ export interface ConnectionCounters {
   failed: number;
   /** The same connections by reason. */
   failedBy: FailureCounters;
+  /**
+   * Times the mapping filled up to `maxConnections` (the connection that took the last slot;
+   * 0 without a limit). While `active === maxConnections` new connections wait.
+   */
+  limitReached: number;
+  /** Connections reset after `idleTimeoutMs` with no byte either way. */
+  idleClosed: number;
 }
 
 /** Why a connection to the target failed. */

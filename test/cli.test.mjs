@@ -248,6 +248,8 @@ describe('stats output', () => {
       active: 0,
       failed: 0,
       failedBy: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
+      limitReached: 0,
+      idleClosed: 0,
     });
     assert.equal(m.proto, 'tcp');
     assert.deepEqual(m.target, { host: V4, port: echo.port });

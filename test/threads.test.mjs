@@ -251,6 +251,8 @@ describe("threads: 'auto'", () => {
         active: 0,
         failed: 0,
         failedBy: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
+        limitReached: 0,
+        idleClosed: 0,
       },
       'connection counters summed over threads',
     );

@@ -242,6 +242,14 @@ Napi::Value NativeProxy::Add(const Napi::CallbackInfo& info) {
     ThrowTypeError(env, "acceptProxyProtocol applies to TCP mappings only");
     return env.Undefined();
   }
+  // Limits (TCP): 0 turns each off.
+  int64_t max_connections, idle_timeout;
+  if (!ReadInt(spec, "maxConnections", 0, INT32_MAX, &max_connections) ||
+      !ReadInt(spec, "idleTimeoutMs", 0, INT32_MAX, &idle_timeout)) {
+    return env.Undefined();
+  }
+  config.max_connections = static_cast<int>(max_connections);
+  config.idle_timeout_ms = static_cast<int>(idle_timeout);
   if (ps::parse_address(listen_host.c_str(), static_cast<uint16_t>(listen_port), &config.listen) < 0) {
     SystemError(env, {-EINVAL, "bind"}, listen_host, static_cast<int>(listen_port)).ThrowAsJavaScriptException();
     return env.Undefined();

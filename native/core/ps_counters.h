@@ -58,7 +58,10 @@ class Counter {
   X(failed_timeout, "failedTimeout")         /* connectTimeoutMs or ETIMEDOUT. */            \
   X(failed_unreachable, "failedUnreachable") /* EHOSTUNREACH, ENETUNREACH. */                \
   X(failed_other, "failedOther")             /* Any other error (EMFILE, ...). */            \
-  X(events_dropped, "eventsDropped")         /* Failure events the full queue dropped. */
+  X(events_dropped, "eventsDropped")         /* Failure events the full queue dropped. */    \
+  /* TCP limits. */                                                                          \
+  X(limit_reached, "limitReached") /* Times maxConnections filled up. */                     \
+  X(idle_closed, "idleClosed")     /* Reset after idleTimeoutMs with no byte. */
 
 struct alignas(64) ThreadCounters {
 #define PS_COUNTER_MEMBER(member, name) Counter member;

@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include <atomic>
 #include <memory>
 
 #include "ps_addr.h"
@@ -42,6 +43,11 @@ struct MappingConfig {
   // TCP: every client starts with a PROXY header (v1 or v2), read before connecting; its
   // addresses are the client's for a header sent onwards.
   bool accept_proxy_protocol = false;
+  // TCP: connections open at once (0: no limit); at the limit every worker stops accepting
+  // and new connections wait in the listening socket's backlog.
+  int max_connections = 0;
+  // TCP: an open connection with no byte moved either way for this long is reset (0: never).
+  int idle_timeout_ms = 0;
 };
 
 class Mapping {
@@ -62,6 +68,18 @@ class Mapping {
   int owner() const { return owner_; }
   ThreadCounters& counters(int thread) { return counters_[thread]; }
 
+  // maxConnections, shared by every worker serving the mapping. Takes a slot before accept4()
+  // so that workers racing for the last one cannot overshoot: returns the number of slots
+  // in use with this one, or 0 when the mapping is full (nothing taken).
+  int take_slot() {
+    int used = open_.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (used <= config_.max_connections) return used;
+    open_.fetch_sub(1, std::memory_order_relaxed);
+    return 0;
+  }
+  // Gives a slot back; true when the mapping was full, so the caller resumes accepting.
+  bool give_slot() { return open_.fetch_sub(1, std::memory_order_relaxed) >= config_.max_connections; }
+
   // Closes the listening socket; only once no worker uses it any more.
   void close_listener() { listen_fd_.reset(); }
 
@@ -75,6 +93,9 @@ class Mapping {
   std::unique_ptr<ThreadCounters[]> counters_;
   int threads_;
   int owner_;
+  // Slots taken (maxConnections only). On a cache line of its own: every worker writes it once
+  // per connection, and every event reads config_.
+  alignas(64) std::atomic<int> open_{0};
 };
 
 }  // namespace ps

@@ -234,8 +234,20 @@ int set_tcp_options(int fd, const MappingConfig& config) {
   return 0;
 }
 
-TcpSession::TcpSession(WorkerContext* worker, Mapping* mapping, UniqueFd client)
-    : worker_(worker), mapping_(mapping), counters_(&mapping->counters(worker->index())), client_(std::move(client)) {
+inline void TcpSession::touch() {
+  if (idle_ == nullptr || last_active_ms_ == worker_->now_ms()) return;
+  last_active_ms_ = worker_->now_ms();
+  // The list stays ordered by last activity, so the timer only ever looks at its front.
+  idle_link.unlink();
+  idle_->push_back(&idle_link);
+}
+
+TcpSession::TcpSession(WorkerContext* worker, Mapping* mapping, UniqueFd client, List<TcpSession>* idle)
+    : worker_(worker),
+      mapping_(mapping),
+      counters_(&mapping->counters(worker->index())),
+      client_(std::move(client)),
+      idle_(idle) {
   client_watcher_.fd = client_.get();
   client_watcher_.tag = kClient;
   client_watcher_.handler = this;
@@ -347,6 +359,16 @@ void TcpSession::on_connect_timeout() {
     counters_->proxy_headers_rejected.add(1);  // No complete header in time.
     finish(true);
   }
+}
+
+void TcpSession::on_idle_timeout() {
+  idle_link.unlink();
+  if (state_ != State::kOpen) return;
+  counters_->idle_closed.add(1);
+  // RST, not FIN: the proxy is cutting the stream, and a FIN would tell each peer that the
+  // other ended it cleanly (the rule for resets above); a reset also frees both sockets at
+  // once instead of waiting in FIN_WAIT for a peer that is, by definition, not answering.
+  finish(true);
 }
 
 void TcpSession::fail_connect(int error) {
@@ -465,6 +487,12 @@ void TcpSession::start_forwarding() {
   state_ = State::kOpen;
   received_.reset();
   connecting_link.unlink();
+  if (idle_ != nullptr) {
+    // The idle clock starts when the target answers; connecting has its own timeout.
+    last_active_ms_ = worker_->now_ms();
+    idle_->push_back(&idle_link);
+    worker_->schedule_timer(idle_deadline());
+  }
   // Level triggered: the loop reports what is already waiting on either socket.
   if (worker_->loop().watch(&client_watcher_, EPOLLIN) < 0 || worker_->loop().watch(&target_watcher_, EPOLLIN) < 0) {
     finish(true);
@@ -532,6 +560,7 @@ int TcpSession::pump(Direction& d, int src, int dst, bool can_read, bool can_wri
       ssize_t n = write_out(d, dst, toward_target);
       if (n == -EAGAIN) break;
       if (n < 0) return static_cast<int>(n);
+      if (n > 0) touch();
       d.pending -= static_cast<size_t>(n);
       if (d.pending > 0) break;  // A short write: the send buffer is full, wait for EPOLLOUT.
     }
@@ -547,6 +576,7 @@ int TcpSession::pump(Direction& d, int src, int dst, bool can_read, bool can_wri
       d.eof = true;
       break;
     }
+    touch();
     d.pending = static_cast<size_t>(n);
     d.offset = 0;
     can_write = true;
@@ -658,11 +688,20 @@ void TcpSession::update_interest(Watcher* event_watcher, uint32_t events) {
 void TcpSession::detach() {
   worker_->loop().forget(&client_watcher_);
   worker_->loop().forget(&target_watcher_);
+  idle_link.unlink();
   worker_->pipes().disown(static_cast<size_t>(up_.pipe.valid()) + static_cast<size_t>(down_.pipe.valid()));
 }
 
-void TcpSession::attach(WorkerContext* worker) {
+void TcpSession::attach(WorkerContext* worker, List<TcpSession>* idle) {
   worker_ = worker;
+  // The new worker's list is ordered by its clock: the move counts as activity (only
+  // sessions that were busy are moved).
+  idle_ = idle;
+  if (idle_ != nullptr && state_ == State::kOpen) {
+    last_active_ms_ = worker->now_ms();
+    idle_->push_back(&idle_link);
+    worker->schedule_timer(idle_deadline());
+  }
   // `active` was counted up on the old worker's line and is counted down on this one:
   // the snapshot's unsigned sum wraps, so the total stays exact.
   counters_ = &mapping_->counters(worker->index());
@@ -694,7 +733,9 @@ void TcpSession::finish(bool reset) {
   target_.reset();
   counters_->active.sub(1);
   connecting_link.unlink();
+  idle_link.unlink();
   all_link.unlink();
+  if (mapping_->config().max_connections > 0 && mapping_->give_slot()) worker_->resume_listener(mapping_);
   worker_->retire(this);
 }
 

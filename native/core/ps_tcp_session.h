@@ -30,7 +30,9 @@ int set_tcp_options(int fd, const MappingConfig& config);
 
 class TcpSession final : public EventHandler {
  public:
-  TcpSession(WorkerContext* worker, Mapping* mapping, UniqueFd client);
+  // `idle`: the worker's list of this mapping's open sessions by last activity, when the
+  // mapping has an idle timeout (else nullptr).
+  TcpSession(WorkerContext* worker, Mapping* mapping, UniqueFd client, List<TcpSession>* idle);
 
   // Opens the target socket and starts connecting. On failure the session has already
   // closed itself (the client is reset and the failure counted), and the negative errno
@@ -45,6 +47,12 @@ class TcpSession final : public EventHandler {
   // Resets both sides now (mapping removed, engine stopping).
   void abort() { finish(true); }
 
+  // Resets both sides: no byte has moved either way for the mapping's idle timeout.
+  void on_idle_timeout();
+
+  // When the idle timeout runs out, if no byte moves before.
+  int64_t idle_deadline() const { return last_active_ms_ + mapping_->config().idle_timeout_ms; }
+
   Mapping* mapping() const { return mapping_; }
   int64_t connect_deadline() const { return connect_deadline_; }
 
@@ -54,12 +62,13 @@ class TcpSession final : public EventHandler {
   // counts on its line. The caller moves the session between the workers' lists.
   bool movable() const { return state_ == State::kOpen; }
   void detach();
-  void attach(WorkerContext* worker);
+  void attach(WorkerContext* worker, List<TcpSession>* idle);
 
   uint32_t activity = 0;  // Events since the worker last sampled its load.
 
   ListLink<TcpSession> all_link{this};         // In the worker's list of sessions.
   ListLink<TcpSession> connecting_link{this};  // In the worker's list of pending connects.
+  ListLink<TcpSession> idle_link{this};        // In idle_, least recently active first.
 
  private:
   // kSendingHeader: connected, and the PROXY protocol header is not all sent yet (the target's
@@ -105,6 +114,9 @@ class TcpSession final : public EventHandler {
   // the client. `error`: a negative errno.
   void fail_connect(int error);
   void finish(bool reset);
+  // Bytes moved: the session goes to the back of its idle list, at most once per batch of
+  // events (now_ms() changes once per loop iteration), with no allocation and no timer.
+  inline void touch();
 
   WorkerContext* worker_;
   Mapping* mapping_;
@@ -123,6 +135,8 @@ class TcpSession final : public EventHandler {
   uint8_t header_offset_ = 0;
   uint8_t header_length_ = 0;
   std::unique_ptr<Received> received_;  // Only with acceptProxyProtocol.
+  List<TcpSession>* idle_ = nullptr;    // Set while the mapping has an idle timeout.
+  int64_t last_active_ms_ = 0;
 };
 
 }  // namespace ps

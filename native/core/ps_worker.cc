@@ -292,13 +292,11 @@ void Worker::hand_over(Worker* to, double fraction) {
 void Worker::adopt_session(Command& command) {
   TcpSession* session = command.session;
   sessions_.push_back(&session->all_link);
-  session->attach(this);
+  Listener* listener = find_listener(command.mapping.get());
+  session->attach(this, listener != nullptr ? listener->idle_list() : nullptr);
   // The mapping was removed here before the session arrived (or this worker joined the
   // engine after that), or the engine is stopping: reset it as its worker would have.
-  bool served = running_ && std::any_of(listeners_.begin(), listeners_.end(), [&](const std::unique_ptr<Listener>& l) {
-                  return l->mapping == command.mapping;
-                });
-  if (!served) session->abort();
+  if (!running_ || listener == nullptr) session->abort();
 }
 
 void Worker::remove_mapping(uint32_t mapping_id) {
@@ -313,6 +311,7 @@ void Worker::remove_mapping(uint32_t mapping_id) {
   if (it == listeners_.end()) return;
   Mapping* mapping = (*it)->mapping.get();
   loop_.forget(&(*it)->watcher);
+  (*it)->stopped = true;  // Its sessions' slots, given back below, must not re-arm it.
   for (TcpSession* session = sessions_.front(); session != nullptr;) {
     TcpSession* next = sessions_.next(&session->all_link);
     if (session->mapping() == mapping) session->abort();
@@ -348,10 +347,22 @@ void Worker::stop() {
 }
 
 void Worker::accept_connections(Listener* listener) {
+  Mapping* mapping = listener->mapping.get();
+  const bool limited = mapping->config().max_connections > 0;
   for (int i = 0; i < kMaxAcceptsPerEvent; i++) {
-    int fd = accept4(listener->mapping->listen_fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    // At maxConnections this worker leaves the listener alone, so new connections wait
+    // in the kernel's backlog (handshake done, not accepted) instead of being accepted and
+    // dropped; the worker where a connection ends takes the listener back (resume_listener).
+    int slots = limited ? mapping->take_slot() : 0;
+    if (limited && slots == 0) {
+      loop_.forget(&listener->watcher);
+      listener->full = true;
+      return;
+    }
+    int fd = accept4(mapping->listen_fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       int error = errno;
+      if (limited && mapping->give_slot()) resume_listener(mapping);
       // The connection died in the queue, or a signal: try the next one.
       if (error == EINTR || error == ECONNABORTED || error == EPROTO) continue;
       if (error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM) {
@@ -361,11 +372,15 @@ void Worker::accept_connections(Listener* listener) {
       return;  // EAGAIN: the queue is empty.
     }
     UniqueFd client(fd);
-    auto* session = new (std::nothrow) TcpSession(this, listener->mapping.get(), std::move(client));
+    auto* session = new (std::nothrow) TcpSession(this, mapping, std::move(client), listener->idle_list());
     if (session == nullptr) {
+      if (limited) mapping->give_slot();
       pause_listener(listener);
       return;
     }
+    // The connection that filled the mapping (counted once per time it fills, whichever
+    // worker accepted it).
+    if (limited && slots == mapping->config().max_connections) mapping->counters(index_).limit_reached.add(1);
     sessions_.push_back(&session->all_link);
     int rc = session->start();
     if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
@@ -392,6 +407,24 @@ void Worker::pause_listener(Listener* listener) {
   next_timer_ms_ = std::min(next_timer_ms_, listener->paused_until);
 }
 
+Worker::Listener* Worker::find_listener(const Mapping* mapping) {
+  for (auto& listener : listeners_) {
+    if (listener->mapping.get() == mapping) return listener.get();
+  }
+  return nullptr;
+}
+
+void Worker::resume_listener(const Mapping* mapping) {
+  // Whichever worker a slot comes back on takes the listener back, so that while the
+  // mapping is below its limit at least one worker is accepting (the others resume when a
+  // connection ends on them). Not while stopping, draining, or paused for lack of fds.
+  if (!running_) return;
+  Listener* listener = find_listener(mapping);
+  if (listener == nullptr || !listener->full || listener->stopped) return;
+  listener->full = false;
+  if (listener->paused_until == 0) loop_.watch_exclusive(&listener->watcher, EPOLLIN);
+}
+
 void WorkerContext::track_connect(TcpSession* session) {
   connecting_.push_back(&session->connecting_link);
   next_timer_ms_ = std::min(next_timer_ms_, session->connect_deadline());
@@ -400,10 +433,18 @@ void WorkerContext::track_connect(TcpSession* session) {
 void Worker::run_timers() {
   int64_t next = INT64_MAX;
   for (auto& listener : listeners_) {
+    // Idle timeouts: the list is ordered by last activity, so only its front is looked at.
+    while (TcpSession* oldest = listener->idle.front()) {
+      if (oldest->idle_deadline() > now_ms_) {
+        next = std::min(next, oldest->idle_deadline());
+        break;
+      }
+      oldest->on_idle_timeout();  // Leaves the list.
+    }
     if (listener->paused_until == 0 || listener->stopped) continue;
     if (listener->paused_until <= now_ms_) {
       listener->paused_until = 0;
-      loop_.watch_exclusive(&listener->watcher, EPOLLIN);
+      if (!listener->full) loop_.watch_exclusive(&listener->watcher, EPOLLIN);
     } else {
       next = std::min(next, listener->paused_until);
     }

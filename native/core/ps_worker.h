@@ -107,6 +107,9 @@ class Worker final : public EventHandler, public WorkerContext {
   // Queues a command and wakes the thread. Safe from any thread.
   void post(Command command);
 
+  // WorkerContext: a connection of `mapping` ended while the mapping was at maxConnections.
+  void resume_listener(const Mapping* mapping) override;
+
   void on_event(Watcher* watcher, uint32_t events) override;
 
  private:
@@ -125,6 +128,9 @@ class Worker final : public EventHandler, public WorkerContext {
     Watcher watcher;
     int64_t paused_until = 0;  // Set while accepting is paused for lack of fds.
     bool stopped;              // No longer accepting: the mapping is draining.
+    bool full = false;         // Not accepting: the mapping is at maxConnections.
+    List<TcpSession> idle;     // With an idle timeout: open sessions, least recently active first.
+    List<TcpSession>* idle_list() { return mapping->config().idle_timeout_ms > 0 ? &idle : nullptr; }
   };
 
   static void* thread_main(void* self);
@@ -136,6 +142,7 @@ class Worker final : public EventHandler, public WorkerContext {
   void pause_listener(Listener* listener);
   // Reports an accept() failure (a negative errno) as a listener event, when events are on.
   void report_listener_error(Listener* listener, int error);
+  Listener* find_listener(const Mapping* mapping);
   void remove_mapping(uint32_t mapping_id);
   void stop();
   void stop_listening(uint32_t mapping_id);

@@ -23,6 +23,7 @@
 namespace ps {
 
 class EventQueue;
+class Mapping;
 class TcpSession;
 struct UdpBatch;
 
@@ -41,6 +42,10 @@ class WorkerContext {
   // Watches a connecting session's deadline: on_connect_timeout() runs once it passes,
   // unless the session has left the list (its connecting_link) by then.
   void track_connect(TcpSession* session);
+  // A connection of `mapping` ended while the mapping was at maxConnections: this worker
+  // takes its listener back (the only virtual call here, made once per connection that ends
+  // at the limit).
+  virtual void resume_listener(const Mapping* mapping) = 0;
   // Makes the loop wake up by `when_ms` to run timers.
   void schedule_timer(int64_t when_ms) {
     if (when_ms < next_timer_ms_) next_timer_ms_ = when_ms;

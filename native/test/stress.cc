@@ -514,6 +514,10 @@ class Control {
     config.connect_timeout_ms = 5000;
     config.udp_timeout_ms = 300;  // Flows expire during the run.
     config.udp_max_flows = 2;     // And, with 3 clients, some are evicted.
+    // With 4 clients, TCP mappings fill up: listeners leave and rejoin the workers' epoll sets
+    // while sessions move between workers, which also carry their place in the idle lists.
+    config.max_connections = 2;
+    config.idle_timeout_ms = 3000;
     uint64_t request = next_request_++;
     uint32_t id = 0;
     uint16_t port = 0;

@@ -193,6 +193,20 @@ const METRICS: MetricDef[] = [
     proto: 'tcp',
     samples: (m) => [[{}, tcp(m).events.dropped]],
   },
+  {
+    name: 'portsplice_connections_limit_reached_total',
+    help: 'Times a TCP mapping filled up to maxConnections (new connections then wait in the backlog).',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).connections.limitReached]],
+  },
+  {
+    name: 'portsplice_connections_idle_closed_total',
+    help: 'TCP connections reset after idleTimeoutMs with no byte in either direction.',
+    type: 'counter',
+    proto: 'tcp',
+    samples: (m) => [[{}, tcp(m).connections.idleClosed]],
+  },
 ];
 
 /** What `/healthz` answers: 200 with `ok`, else 503; `text` is the body's one line. */
