@@ -28,6 +28,8 @@ const spec = {
   udpTimeoutMs: 1000,
   udpMaxFlows: 16,
   keepAlive: false,
+  maxConnections: 0,
+  idleTimeoutMs: 0,
 };
 
 test('request ids outside 1..2^53 are refused by add, stopListening and remove', (t) => {

@@ -78,7 +78,7 @@ export async function startServerRange(count, make) {
     // Below net.ipv4.ip_local_port_range (32768-60999 by default): ports there are what the
     // kernel hands out for connect() and port 0, and what proxies on this machine bind as
     // source ports, so one found free there is often taken a moment later.
-    const first = 20000 + Math.floor(Math.random() * (32768 - 20000 - count));
+    const first = 23000 + Math.floor(Math.random() * (27000 - 23000 - count)); // Below freePort()'s.
     const servers = [];
     try {
       for (let i = 0; i < count; i++) servers.push(await startServer(make(i), { port: first + i }));
@@ -96,7 +96,7 @@ export async function freeRange(count) {
     // Below net.ipv4.ip_local_port_range (32768-60999 by default): ports there are what the
     // kernel hands out for connect() and port 0, and what proxies on this machine bind as
     // source ports, so one found free there is often taken a moment later.
-    const first = 20000 + Math.floor(Math.random() * (32768 - 20000 - count));
+    const first = 23000 + Math.floor(Math.random() * (27000 - 23000 - count)); // Below freePort()'s.
     let ok = true;
     for (let i = 0; i < count && ok; i++) ok = await canBind(first + i);
     if (ok) return first;

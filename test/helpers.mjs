@@ -180,14 +180,23 @@ export async function startStreamServer(payload, opts) {
 
 /** Find a port on `host` nobody listens on (bind :0, read the port, close). */
 export async function freePort(host = V4) {
-  const server = net.createServer();
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port: 0 }, resolve);
-  });
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
+  // Below net.ipv4.ip_local_port_range (32768-60999 by default): a port there that the
+  // kernel hands out for port 0 is free only for a moment, since the kernel hands it out
+  // again (to the proxy's own next listener) and proxies bind odd ports there as source
+  // ports toward their targets. 27000-32767 is this helper's; closedPort() and the CLI
+  // tests' freeRange() pick from below it.
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 27000 + Math.floor(Math.random() * (32768 - 27000));
+    const server = net.createServer();
+    const ok = await new Promise((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen({ host, port, exclusive: true }, () => resolve(true));
+    });
+    if (!ok) continue;
+    await new Promise((resolve) => server.close(resolve));
+    return port;
+  }
+  throw new Error(`no free TCP port on ${host} in 27000-32767 after 100 tries`);
 }
 
 /**
@@ -197,7 +206,7 @@ export async function freePort(host = V4) {
  */
 export async function closedPort() {
   for (let attempt = 0; attempt < 50; attempt++) {
-    const port = 20000 + Math.floor(Math.random() * 12000);
+    const port = 20000 + Math.floor(Math.random() * 3000);
     const refused = await new Promise((resolve) => {
       const socket = net.connect({ port, host: V4 });
       socket.on('connect', () => {
@@ -208,7 +217,7 @@ export async function closedPort() {
     });
     if (refused) return port;
   }
-  throw new Error('no refusing port below 32000 in 50 tries');
+  throw new Error('no refusing port in 20000-22999 in 50 tries');
 }
 
 // ---------------------------------------------------------------------------------------------
