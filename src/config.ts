@@ -274,25 +274,28 @@ export function checkAppliesTo(o: Record<string, unknown>, proto: Proto): void {
   }
 }
 
+/** The keys of a mapping's options (`MappingOptions`): any other is refused by name. */
+export const MAPPING_KEYS = [
+  'proto',
+  'listen',
+  'target',
+  'connectTimeoutMs',
+  'backlog',
+  'ipv6Only',
+  'udpTimeoutMs',
+  'udpMaxFlows',
+  'keepAlive',
+  'name',
+  'proxyProtocol',
+  'acceptProxyProtocol',
+  'maxConnections',
+  'idleTimeoutMs',
+] as const;
+
 /** Synchronous checks of a mapping's options; host names are resolved by `resolveMapping`. */
 export function validateMapping(options: unknown): ResolvedMapping {
   const o = checkObject(options, 'mapping');
-  checkKeys(o, 'mapping', [
-    'proto',
-    'listen',
-    'target',
-    'connectTimeoutMs',
-    'backlog',
-    'ipv6Only',
-    'udpTimeoutMs',
-    'udpMaxFlows',
-    'keepAlive',
-    'name',
-    'proxyProtocol',
-    'acceptProxyProtocol',
-    'maxConnections',
-    'idleTimeoutMs',
-  ]);
+  checkKeys(o, 'mapping', MAPPING_KEYS);
   const proto = checkChoice(o.proto, 'proto', PROTOS);
   if (o.listen === undefined) fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'listen is required');
   const listen = checkObject(o.listen, 'listen');

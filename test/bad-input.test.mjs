@@ -22,10 +22,13 @@ import { validateMapping, validateProxyOptions } from '../dist/config.js';
 import { parseArgs } from '../dist/cli/args.js';
 import { parseConfig } from '../dist/cli/config-file.js';
 import { parseListenAddress } from '../dist/cli/endpoint.js';
+// The library's own key list: a key it knows is never generated as an unknown one.
+import { MAPPING_KEYS } from '../dist/config.js';
 import { OPTIONS } from '../dist/cli/options.js';
 import { UsageError } from '../dist/cli/where.js';
 import {
   V4,
+  canBind,
   withTimeout,
   startEchoServer,
   freePort,
@@ -54,16 +57,6 @@ const validHost = (v) =>
   typeof v === 'string' && (isIP(v) !== 0 || (HOST_NAME.test(v) && !/^[\d.]+$/.test(v)));
 
 /** The keys add() takes. */
-const MAPPING_KEYS = [
-  'proto',
-  'listen',
-  'target',
-  'connectTimeoutMs',
-  'backlog',
-  'ipv6Only',
-  'udpTimeoutMs',
-  'udpMaxFlows',
-];
 
 /** Ranges of the integer options of the API. */
 const RANGES = {
@@ -883,17 +876,6 @@ describe('the CLI process with a bad config file', () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'portsplice-bad-input-'));
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-  /** True if nothing listens on 127.0.0.1:port. */
-  async function canBind(port) {
-    const server = net.createServer();
-    const ok = await new Promise((resolve) => {
-      server.once('error', () => resolve(false));
-      server.listen({ host: V4, port, exclusive: true }, () => resolve(true));
-    });
-    if (ok) await new Promise((resolve) => server.close(resolve));
-    return ok;
-  }
 
   const cases = [
     ['mappings[1].target.port', (m) => ({ ...m, target: { ...m.target, port: 0 } })],

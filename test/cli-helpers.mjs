@@ -5,10 +5,20 @@
 // Like helpers.mjs, this module only declares functions: importing it has no side effects.
 
 import dgram from 'node:dgram';
-import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
-import { V4, withTimeout, waitFor, startServer, closeServers, spawnChild, killChildren } from './helpers.mjs';
+import {
+  V4,
+  canBind,
+  withTimeout,
+  waitFor,
+  startServer,
+  closeServers,
+  spawnChild,
+  killChildren,
+} from './helpers.mjs';
+
+export { canBind };
 
 export const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 
@@ -44,17 +54,6 @@ export async function stopCli(child, timeout = 10000) {
   if (child.exitInfo) return child.exitInfo;
   child.kill('SIGTERM');
   return child.waitExit(timeout);
-}
-
-/** True if nothing listens on host:port (TCP), checked by binding it. */
-export async function canBind(port, host = V4) {
-  const server = net.createServer();
-  const ok = await new Promise((resolve) => {
-    server.once('error', () => resolve(false));
-    server.listen({ host, port, exclusive: true }, () => resolve(true));
-  });
-  if (ok) await new Promise((resolve) => server.close(resolve));
-  return ok;
 }
 
 /** A free UDP port on `host` (bind :0, read it, close). */

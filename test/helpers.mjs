@@ -178,6 +178,17 @@ export async function startStreamServer(payload, opts) {
   return srv;
 }
 
+/** True if nothing listens on host:port (TCP), checked by binding it. */
+export async function canBind(port, host = V4) {
+  const server = net.createServer();
+  const ok = await new Promise((resolve) => {
+    server.once('error', () => resolve(false));
+    server.listen({ host, port, exclusive: true }, () => resolve(true));
+  });
+  if (ok) await new Promise((resolve) => server.close(resolve));
+  return ok;
+}
+
 /** Find a port on `host` nobody listens on (bind :0, read the port, close). */
 export async function freePort(host = V4) {
   // Below net.ipv4.ip_local_port_range (32768-60999 by default): a port there that the
@@ -187,14 +198,7 @@ export async function freePort(host = V4) {
   // tests' freeRange() pick from below it.
   for (let attempt = 0; attempt < 100; attempt++) {
     const port = 27000 + Math.floor(Math.random() * (32768 - 27000));
-    const server = net.createServer();
-    const ok = await new Promise((resolve) => {
-      server.once('error', () => resolve(false));
-      server.listen({ host, port, exclusive: true }, () => resolve(true));
-    });
-    if (!ok) continue;
-    await new Promise((resolve) => server.close(resolve));
-    return port;
+    if (await canBind(port, host)) return port;
   }
   throw new Error(`no free TCP port on ${host} in 27000-32767 after 100 tries`);
 }
